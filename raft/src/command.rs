@@ -1,0 +1,294 @@
+//! The commands a shard's log carries, their responses and the records they write.
+//!
+//! A command is decided once by the proposer (ids, timestamps) and then applied identically by
+//! every replica: nothing in [`crate::state_machine`] reads a clock or an RNG.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
+use serde::{Deserialize, Serialize};
+
+/// One entry of a shard's replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a conversation. Idempotent: creating an existing conversation returns it.
+    CreateConversation {
+        /// The id: [`ConversationId::direct`] for a 1:1, random (from the proposer) for a group.
+        conversation: ConversationId,
+        /// Who asks; must be among `members`.
+        creator: UserId,
+        /// Every member, the creator included (2..=1024).
+        members: BTreeSet<UserId>,
+        /// Optional title (groups).
+        title: Option<String>,
+        /// A 1:1 conversation: exactly two members and the deterministic id.
+        direct: bool,
+        /// The proposer's wall clock, milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// Add members to a group conversation.
+    AddMembers {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who asks; must be a member.
+        by: UserId,
+        /// Users to add; those already members are ignored.
+        members: BTreeSet<UserId>,
+    },
+    /// Remove members from a group conversation (a member may remove anyone, itself included).
+    RemoveMembers {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who asks; must be a member.
+        by: UserId,
+        /// Users to remove; non-members are ignored.
+        members: BTreeSet<UserId>,
+    },
+    /// Append a message: assigns the next seq, exactly once per `(sender, device, client_seq)`.
+    Append {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The sending user; must be a member.
+        sender: UserId,
+        /// The sending device.
+        device: DeviceId,
+        /// The device's own strictly increasing send number.
+        client_seq: u64,
+        /// The proposer's wall clock in ms; the state machine keeps timestamps monotonic.
+        ts: u64,
+        /// UTF-8 text, at most `BODY_BYTES_MAX` bytes.
+        body: String,
+    },
+    /// Move a device's delivered and/or read cursor forward (never backwards).
+    MoveCursor {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The device's user; must be a member.
+        user: UserId,
+        /// The device.
+        device: DeviceId,
+        /// New delivered seq, if any.
+        delivered: Option<u64>,
+        /// New read seq, if any (reading implies delivery).
+        read: Option<u64>,
+    },
+    /// User shard: record that `user` joined or left `conversation`. Delivered from a
+    /// conversation shard's outbox; applying it twice, or late, is harmless because a record
+    /// with a version at or below the stored one is ignored.
+    ApplyMembership {
+        /// The user whose conversation list changes.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationId,
+        /// Joined (`true`) or left (`false`).
+        member: bool,
+        /// Orders changes of one `(user, conversation)`: the log index that made the change.
+        version: u64,
+    },
+    /// User shard: the user went offline at `ts` (kept as the maximum seen).
+    SetLastSeen {
+        /// The user.
+        user: UserId,
+        /// Milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// User shard: replace the user's settings.
+    SetSettings {
+        /// The user.
+        user: UserId,
+        /// The new settings.
+        settings: UserSettings,
+    },
+    /// Conversation shard: outbox items that reached their user shard; delete them.
+    AckOutbox {
+        /// The delivered items.
+        ids: Vec<OutboxId>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CreateConversation { conversation, members, .. } => {
+                write!(f, "create {conversation} ({} members)", members.len())
+            }
+            Self::AddMembers { conversation, members, .. } => {
+                write!(f, "add {} to {conversation}", members.len())
+            }
+            Self::RemoveMembers { conversation, members, .. } => {
+                write!(f, "remove {} from {conversation}", members.len())
+            }
+            Self::Append { conversation, sender, device, client_seq, .. } => {
+                write!(f, "append to {conversation} from {sender}/{device}#{client_seq}")
+            }
+            Self::MoveCursor { conversation, user, device, delivered, read } => {
+                write!(f, "cursor {conversation} {user}/{device} d={delivered:?} r={read:?}")
+            }
+            Self::ApplyMembership { user, conversation, member, version } => {
+                write!(f, "membership {user} in {conversation}={member} v{version}")
+            }
+            Self::SetLastSeen { user, ts } => write!(f, "last-seen {user}={ts}"),
+            Self::SetSettings { user, .. } => write!(f, "settings {user}"),
+            Self::AckOutbox { ids } => write!(f, "ack {} outbox items", ids.len()),
+        }
+    }
+}
+
+/// The result of applying one log entry. Rejections are results too: every replica reaches the
+/// same one, so they are answered only after commit like any other response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The conversation, after a create (`created` is false if it already existed) or a
+    /// membership change.
+    Conversation {
+        /// The conversation as it now stands.
+        conversation: ConversationView,
+        /// Whether this entry created it.
+        created: bool,
+    },
+    /// A message's place in its conversation.
+    Appended {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Its seq.
+        seq: u64,
+        /// The server timestamp recorded with it.
+        ts: u64,
+        /// True when this was a resend of an already-committed `client_seq`: nothing was appended.
+        duplicate: bool,
+    },
+    /// The device's cursors after the move.
+    Cursor {
+        /// Delivered seq.
+        delivered: u64,
+        /// Read seq.
+        read: u64,
+    },
+    /// Applied; nothing to report (membership and blank entries, user-shard records).
+    Done,
+    /// Refused; nothing was written.
+    Rejected(CommandError),
+}
+
+/// Why a command was refused. Each maps to a stable wire [`ErrorCode`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    /// The user is not a member of the conversation, or the conversation does not exist (the two
+    /// look the same to a non-member so ids cannot be probed).
+    #[error("{user} is not a member of conversation {conversation}")]
+    NotMember {
+        /// The user.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// A `client_seq` at or below `highest - DEDUP_WINDOW` that is not remembered.
+    #[error("client_seq {client_seq} is older than the dedup window (highest seen {highest})")]
+    StaleClientSeq {
+        /// The refused client_seq.
+        client_seq: u64,
+        /// The device's highest committed client_seq on this shard.
+        highest: u64,
+    },
+    /// A field has the wrong shape.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A body, title or member list is over its limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+}
+
+impl CommandError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotMember { .. } => ErrorCode::NotMember,
+            Self::StaleClientSeq { .. } => ErrorCode::StaleClientSeq,
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
+        }
+    }
+}
+
+/// A conversation as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationView {
+    /// Its id.
+    pub id: ConversationId,
+    /// Current members, sorted.
+    pub members: Vec<UserId>,
+    /// Title, if any.
+    pub title: Option<String>,
+    /// 1:1 conversation.
+    pub direct: bool,
+    /// Seq of the newest message (0 when empty).
+    pub last_seq: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ts: u64,
+}
+
+/// A committed message as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its seq.
+    pub seq: u64,
+    /// Sending user.
+    pub sender: UserId,
+    /// Sending device.
+    pub sender_device: DeviceId,
+    /// The device's send number.
+    pub client_seq: u64,
+    /// Server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// The text.
+    pub body: String,
+}
+
+/// A device's cursors in one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Highest seq delivered to the device.
+    pub delivered: u64,
+    /// Highest seq the device's user has read on it.
+    pub read: u64,
+}
+
+/// Per-user settings kept on the user's shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSettings {
+    /// Hide last-seen from other users.
+    pub hide_last_seen: bool,
+    /// IANA time zone name for quiet hours, if set.
+    pub time_zone: Option<String>,
+}
+
+/// What a user shard knows of a user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Last time the user went offline, ms since the Unix epoch.
+    pub last_seen: Option<u64>,
+    /// Settings.
+    pub settings: UserSettings,
+}
+
+/// Identifies an outbox item: the log index that produced it and its place among that entry's
+/// items. Unique per shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OutboxId {
+    /// Log index of the producing entry.
+    pub index: u64,
+    /// Position among that entry's items.
+    pub position: u32,
+}
+
+/// A command a conversation shard owes another shard (today: a user shard's membership record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// The user whose shard must apply `command`.
+    pub user: UserId,
+    /// The command to propose there.
+    pub command: Command,
+}
