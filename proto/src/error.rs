@@ -32,6 +32,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for tests and documentation).
+    pub const ALL: [ErrorCode; 11] = [
+        Self::Unauthenticated,
+        Self::NotMember,
+        Self::BadFrame,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::StaleClientSeq,
+        Self::Unavailable,
+        Self::NotFound,
+        Self::InvalidArgument,
+        Self::HelloRequired,
+        Self::Internal,
+    ];
+
     /// The code as its wire string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,5 +68,23 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_codes_are_distinct_and_serialise_as_their_string() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        assert_eq!(seen.len(), ErrorCode::ALL.len());
     }
 }

@@ -6,9 +6,18 @@
 //! fields changes the protocol and its golden snapshots.
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod error;
+pub mod frame_error;
+pub mod frames;
 pub mod ids;
+pub mod json;
 pub mod limits;
 
+pub use codec::{decode_payload, encode_frame, FrameDecoder};
 pub use error::ErrorCode;
+pub use frame_error::FrameError;
+pub use frames::{
+    ActivityStatus, ClientFrame, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame,
+};
 pub use ids::{ConversationId, DeviceId, IdError, UserId};

@@ -30,3 +30,6 @@ pub const TITLE_BYTES_MAX: usize = 256;
 pub const PRESENCE_CUSTOM_BYTES_MAX: usize = 256;
 /// Most resume cursors one `hello` may carry.
 pub const RESUME_CURSORS_MAX: usize = 4096;
+/// Longest human-readable reason this crate puts in a decode error, in bytes of UTF-8, so an
+/// `error` frame never echoes a large piece of the peer's input back to it.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
