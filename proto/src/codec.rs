@@ -34,17 +34,12 @@ pub fn encode_frame<T: Serialize + ?Sized>(frame: &T, out: &mut Vec<u8>) -> Resu
     out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
     if let Err(error) = postcard::to_io(frame, &mut *out) {
         out.truncate(start);
-        return Err(FrameError::Encode {
-            reason: postcard_reason(&error),
-        });
+        return Err(FrameError::Encode { reason: postcard_reason(&error) });
     }
     let length = out.len() - start - LENGTH_PREFIX_BYTES;
     if length > FRAME_BYTES_MAX {
         out.truncate(start);
-        return Err(FrameError::FrameTooLarge {
-            length: length as u64,
-            max: FRAME_BYTES_MAX,
-        });
+        return Err(FrameError::FrameTooLarge { length: length as u64, max: FRAME_BYTES_MAX });
     }
     let prefix = u32::try_from(length).expect("FRAME_BYTES_MAX fits in a u32");
     out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
@@ -55,13 +50,10 @@ pub fn encode_frame<T: Serialize + ?Sized>(frame: &T, out: &mut Vec<u8>) -> Resu
 /// frame: trailing bytes are a [`FrameError::BadFrame`], as is anything postcard cannot read.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     if payload.len() > FRAME_BYTES_MAX {
-        return Err(FrameError::FrameTooLarge {
-            length: payload.len() as u64,
-            max: FRAME_BYTES_MAX,
-        });
+        return Err(FrameError::FrameTooLarge { length: payload.len() as u64, max: FRAME_BYTES_MAX });
     }
-    let (frame, rest) = postcard::take_from_bytes::<T>(payload)
-        .map_err(|error| FrameError::bad_frame(postcard_reason(&error)))?;
+    let (frame, rest) =
+        postcard::take_from_bytes::<T>(payload).map_err(|error| FrameError::bad_frame(postcard_reason(&error)))?;
     if !rest.is_empty() {
         return Err(FrameError::bad_frame(format!(
             "payload has {} trailing bytes after the frame, expected none",
@@ -77,18 +69,14 @@ fn postcard_reason(error: &postcard::Error) -> String {
     use postcard::Error;
     let reason = match error {
         Error::DeserializeUnexpectedEnd => "payload ended early, expected more bytes",
-        Error::DeserializeBadVarint => {
-            "varint does not end within its size, expected a valid varint"
-        }
+        Error::DeserializeBadVarint => "varint does not end within its size, expected a valid varint",
         Error::DeserializeBadBool => "bool is not 0 or 1",
         Error::DeserializeBadChar => "char is not a unicode scalar value",
         Error::DeserializeBadUtf8 => "string is not valid utf-8",
         Error::DeserializeBadOption => "option tag is not 0 or 1",
         Error::DeserializeBadEnum => "enum tag is over u32::MAX",
         Error::DeserializeBadEncoding => "payload is not well encoded",
-        Error::SerdeDeCustom => {
-            "a value was refused, expected a known frame type, known enum values and valid ids"
-        }
+        Error::SerdeDeCustom => "a value was refused, expected a known frame type, known enum values and valid ids",
         Error::SerdeSerCustom | Error::CollectStrError => "a value could not be serialised",
         other => return format!("postcard error: {}", other.to_string().to_lowercase()),
     };
@@ -154,14 +142,8 @@ impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let mut taken = 0;
         if self.discard_bytes > 0 {
-            debug_assert_eq!(
-                self.buffered_bytes(),
-                0,
-                "nothing is buffered while skipping"
-            );
-            let skip = usize::try_from(self.discard_bytes)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
+            debug_assert_eq!(self.buffered_bytes(), 0, "nothing is buffered while skipping");
+            let skip = usize::try_from(self.discard_bytes).unwrap_or(usize::MAX).min(bytes.len());
             self.discard_bytes -= skip as u64;
             taken = skip;
         }
@@ -179,9 +161,7 @@ impl FrameDecoder {
         let needed = self.buffer.len() + stored;
         if needed > self.buffer.capacity() {
             // Grow geometrically, but never past the bound, so capacity stays within it.
-            let target = needed
-                .max(self.buffer.capacity() * 2)
-                .min(DECODER_BUFFER_BYTES_MAX);
+            let target = needed.max(self.buffer.capacity() * 2).min(DECODER_BUFFER_BYTES_MAX);
             self.buffer.reserve_exact(target - self.buffer.len());
         }
         self.buffer.extend_from_slice(&rest[..stored]);
@@ -212,10 +192,7 @@ impl FrameDecoder {
             self.discard_bytes = u64::from(length);
             self.skip_buffered();
             self.release_if_empty();
-            return Err(FrameError::FrameTooLarge {
-                length: u64::from(length),
-                max: FRAME_BYTES_MAX,
-            });
+            return Err(FrameError::FrameTooLarge { length: u64::from(length), max: FRAME_BYTES_MAX });
         }
         let end = LENGTH_PREFIX_BYTES + length as usize;
         let Some(payload) = available.get(LENGTH_PREFIX_BYTES..end) else {
@@ -229,9 +206,7 @@ impl FrameDecoder {
 
     /// Drops buffered bytes that belong to an oversized frame.
     fn skip_buffered(&mut self) {
-        let skip = usize::try_from(self.discard_bytes)
-            .unwrap_or(usize::MAX)
-            .min(self.buffered_bytes());
+        let skip = usize::try_from(self.discard_bytes).unwrap_or(usize::MAX).min(self.buffered_bytes());
         self.start += skip;
         self.discard_bytes -= skip as u64;
     }
@@ -269,11 +244,7 @@ mod tests {
     fn send_with_payload(payload_bytes: usize) -> ClientFrame {
         // Tag (1) + conversation (16) + client_seq 1 (1) + body length varint (3) + body.
         let body = "x".repeat(payload_bytes - 21);
-        let frame = ClientFrame::Send {
-            conversation: ConversationId::from_bytes([1; 16]),
-            client_seq: 1,
-            body,
-        };
+        let frame = ClientFrame::Send { conversation: ConversationId::from_bytes([1; 16]), client_seq: 1, body };
         assert_eq!(postcard::to_stdvec(&frame).unwrap().len(), payload_bytes);
         frame
     }
@@ -309,13 +280,7 @@ mod tests {
         let frame = send_with_payload(FRAME_BYTES_MAX + 1);
         let mut out = vec![1, 2, 3];
         let error = encode_frame(&frame, &mut out).unwrap_err();
-        assert_eq!(
-            error,
-            FrameError::FrameTooLarge {
-                length: FRAME_BYTES_MAX as u64 + 1,
-                max: FRAME_BYTES_MAX
-            }
-        );
+        assert_eq!(error, FrameError::FrameTooLarge { length: FRAME_BYTES_MAX as u64 + 1, max: FRAME_BYTES_MAX });
         assert_eq!(error.code(), ErrorCode::TooLarge);
         assert_eq!(out, [1, 2, 3]);
     }
@@ -324,29 +289,20 @@ mod tests {
     fn trailing_bytes_inside_a_payload_are_a_bad_frame() {
         let error = decode_payload::<ClientFrame>(&[8, 7, 0]).unwrap_err();
         assert_eq!(error.code(), ErrorCode::BadFrame);
-        assert_eq!(
-            error.to_string(),
-            "bad frame: payload has 1 trailing bytes after the frame, expected none"
-        );
+        assert_eq!(error.to_string(), "bad frame: payload has 1 trailing bytes after the frame, expected none");
         assert_eq!(decode_payload::<ClientFrame>(&[8, 7]), Ok(ping(7)));
     }
 
     #[test]
     fn empty_and_unknown_payloads_are_bad_frames() {
         let empty = decode_payload::<ClientFrame>(&[]).unwrap_err();
-        assert_eq!(
-            empty.to_string(),
-            "bad frame: payload ended early, expected more bytes"
-        );
+        assert_eq!(empty.to_string(), "bad frame: payload ended early, expected more bytes");
         // ClientFrame has 9 variants, so tag 9 names none of them.
         let unknown = decode_payload::<ClientFrame>(&[9, 0]).unwrap_err();
         assert_eq!(unknown.code(), ErrorCode::BadFrame);
         // A client frame is not a server frame: ping's tag 8 is `error` there, which needs
         // more fields than one byte.
-        assert_eq!(
-            decode_payload::<ServerFrame>(&[8, 7]).unwrap_err().code(),
-            ErrorCode::BadFrame
-        );
+        assert_eq!(decode_payload::<ServerFrame>(&[8, 7]).unwrap_err().code(), ErrorCode::BadFrame);
     }
 
     #[test]
@@ -355,10 +311,7 @@ mod tests {
         stream.extend(encoded(&ping(5)));
         let mut decoder = FrameDecoder::new();
         assert_eq!(decoder.push(&stream), stream.len());
-        assert_eq!(
-            decoder.next_frame::<ClientFrame>().unwrap_err().code(),
-            ErrorCode::BadFrame
-        );
+        assert_eq!(decoder.next_frame::<ClientFrame>().unwrap_err().code(), ErrorCode::BadFrame);
         assert_eq!(decoder.next_frame(), Ok(Some(ping(5))));
         assert_eq!(decoder.next_frame::<ClientFrame>(), Ok(None));
     }
@@ -372,10 +325,7 @@ mod tests {
         assert_eq!(decoder.push(&head), head.len());
         assert_eq!(
             decoder.next_frame::<ClientFrame>(),
-            Err(FrameError::FrameTooLarge {
-                length: u64::from(oversized),
-                max: FRAME_BYTES_MAX
-            })
+            Err(FrameError::FrameTooLarge { length: u64::from(oversized), max: FRAME_BYTES_MAX })
         );
         assert_eq!(decoder.discard_bytes(), u64::from(oversized) - 6);
         assert_eq!(decoder.buffered_bytes(), 0);
@@ -400,13 +350,7 @@ mod tests {
         let mut decoder = FrameDecoder::new();
         assert_eq!(decoder.push(&u32::MAX.to_be_bytes()), 4);
         let error = decoder.next_frame::<ClientFrame>().unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            format!(
-                "frame is {} bytes, expected at most {FRAME_BYTES_MAX}",
-                u32::MAX
-            )
-        );
+        assert_eq!(error.to_string(), format!("frame is {} bytes, expected at most {FRAME_BYTES_MAX}", u32::MAX));
         assert_eq!(decoder.push(&encoded(&ping(1))), 6);
         assert_eq!(decoder.next_frame::<ClientFrame>(), Ok(None));
         assert_eq!(decoder.discard_bytes(), u64::from(u32::MAX) - 6);
@@ -414,9 +358,7 @@ mod tests {
 
     #[test]
     fn push_stops_at_the_bound_and_next_frame_makes_room() {
-        let frames: Vec<ClientFrame> = (0..3)
-            .map(|n| send_with_payload(FRAME_BYTES_MAX / 2 + n))
-            .collect();
+        let frames: Vec<ClientFrame> = (0..3).map(|n| send_with_payload(FRAME_BYTES_MAX / 2 + n)).collect();
         let mut stream = Vec::new();
         for frame in &frames {
             encode_frame(frame, &mut stream).unwrap();

@@ -103,41 +103,18 @@ mod tests {
     #[test]
     fn every_variant_maps_to_its_code() {
         assert_eq!(FrameError::bad_frame("x").code(), ErrorCode::BadFrame);
-        assert_eq!(
-            FrameError::FrameTooLarge { length: 2, max: 1 }.code(),
-            ErrorCode::TooLarge
-        );
-        let field = FrameError::FieldTooLarge {
-            field: "body",
-            length: 2,
-            max: 1,
-            unit: "bytes",
-        };
+        assert_eq!(FrameError::FrameTooLarge { length: 2, max: 1 }.code(), ErrorCode::TooLarge);
+        let field = FrameError::FieldTooLarge { field: "body", length: 2, max: 1, unit: "bytes" };
         assert_eq!(field.code(), ErrorCode::TooLarge);
-        let invalid = FrameError::InvalidArgument {
-            field: "limit",
-            expected: "1..=200".into(),
-            actual: "0".into(),
-        };
+        let invalid = FrameError::InvalidArgument { field: "limit", expected: "1..=200".into(), actual: "0".into() };
         assert_eq!(invalid.code(), ErrorCode::InvalidArgument);
-        assert_eq!(
-            FrameError::Encode { reason: "x".into() }.code(),
-            ErrorCode::Internal
-        );
+        assert_eq!(FrameError::Encode { reason: "x".into() }.code(), ErrorCode::Internal);
     }
 
     #[test]
     fn messages_are_lowercase_and_say_expected_and_actual() {
-        let field = FrameError::FieldTooLarge {
-            field: "body",
-            length: 65537,
-            max: 65536,
-            unit: "bytes",
-        };
-        assert_eq!(
-            field.to_string(),
-            "body has 65537 bytes, expected at most 65536"
-        );
+        let field = FrameError::FieldTooLarge { field: "body", length: 65537, max: 65536, unit: "bytes" };
+        assert_eq!(field.to_string(), "body has 65537 bytes, expected at most 65536");
         let frame = FrameError::FrameTooLarge { length: 5, max: 4 };
         assert_eq!(frame.to_string(), "frame is 5 bytes, expected at most 4");
     }
@@ -145,9 +122,7 @@ mod tests {
     #[test]
     fn bad_frame_reason_is_bounded_and_keeps_utf8_whole() {
         let error = FrameError::bad_frame("é".repeat(ERROR_MESSAGE_BYTES_MAX));
-        let FrameError::BadFrame { reason } = error else {
-            panic!("expected bad frame")
-        };
+        let FrameError::BadFrame { reason } = error else { panic!("expected bad frame") };
         assert!(reason.len() <= ERROR_MESSAGE_BYTES_MAX);
         assert!(reason.ends_with('…'));
         assert!(reason.len() > ERROR_MESSAGE_BYTES_MAX - 8);

@@ -18,8 +18,8 @@ use crate::error::ErrorCode;
 use crate::frame_error::FrameError;
 use crate::ids::{ConversationId, DeviceId, UserId};
 use crate::limits::{
-    BODY_BYTES_MAX, HISTORY_PAGE_MAX, MEMBERS_MAX, PRESENCE_CUSTOM_BYTES_MAX, REQUEST_ID_BYTES_MAX,
-    RESUME_CURSORS_MAX, TITLE_BYTES_MAX,
+    BODY_BYTES_MAX, HISTORY_PAGE_MAX, MEMBERS_MAX, PRESENCE_CUSTOM_BYTES_MAX, REQUEST_ID_BYTES_MAX, RESUME_CURSORS_MAX,
+    TITLE_BYTES_MAX,
 };
 
 /// What a user says they are doing, as sent by a client in a `presence` frame.
@@ -129,17 +129,8 @@ pub enum ClientFrame {
 }
 
 /// The snake_case `type` names of [`ClientFrame`]'s variants, in variant order.
-pub const CLIENT_FRAME_TYPES: [&str; 9] = [
-    "hello",
-    "create_conversation",
-    "send",
-    "ack",
-    "read",
-    "history",
-    "typing",
-    "presence",
-    "ping",
-];
+pub const CLIENT_FRAME_TYPES: [&str; 9] =
+    ["hello", "create_conversation", "send", "ack", "read", "history", "typing", "presence", "ping"];
 
 impl ClientFrame {
     /// The frame's snake_case `type` name, as in its JSON form.
@@ -161,9 +152,7 @@ impl ClientFrame {
     /// The `request_id` the frame carries, if its type has one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Self::CreateConversation { request_id, .. } | Self::History { request_id, .. } => {
-                Some(request_id)
-            }
+            Self::CreateConversation { request_id, .. } | Self::History { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
@@ -198,14 +187,8 @@ impl ClientFrame {
     /// [`MEMBERS_MIN`](crate::limits::MEMBERS_MIN)..=[`MEMBERS_MAX`].
     pub fn validate(&self) -> Result<(), FrameError> {
         match self {
-            Self::Hello { resume, .. } => {
-                check_count("resume", resume.len(), RESUME_CURSORS_MAX, "cursors")
-            }
-            Self::CreateConversation {
-                request_id,
-                members,
-                title,
-            } => {
+            Self::Hello { resume, .. } => check_count("resume", resume.len(), RESUME_CURSORS_MAX, "cursors"),
+            Self::CreateConversation { request_id, members, title } => {
                 check_bytes("request_id", request_id, REQUEST_ID_BYTES_MAX)?;
                 if members.is_empty() {
                     return Err(FrameError::InvalidArgument {
@@ -221,9 +204,7 @@ impl ClientFrame {
                 Ok(())
             }
             Self::Send { body, .. } => check_bytes("body", body, BODY_BYTES_MAX),
-            Self::History {
-                request_id, limit, ..
-            } => {
+            Self::History { request_id, limit, .. } => {
                 check_bytes("request_id", request_id, REQUEST_ID_BYTES_MAX)?;
                 if !(1..=HISTORY_PAGE_MAX).contains(limit) {
                     return Err(FrameError::InvalidArgument {
@@ -238,9 +219,7 @@ impl ClientFrame {
                 Some(custom) => check_bytes("custom", custom, PRESENCE_CUSTOM_BYTES_MAX),
                 None => Ok(()),
             },
-            Self::Ack { .. } | Self::Read { .. } | Self::Typing { .. } | Self::Ping { .. } => {
-                Ok(())
-            }
+            Self::Ack { .. } | Self::Read { .. } | Self::Typing { .. } | Self::Ping { .. } => Ok(()),
         }
     }
 }
@@ -249,19 +228,9 @@ fn check_bytes(field: &'static str, value: &str, max: usize) -> Result<(), Frame
     check_count(field, value.len(), max, "bytes")
 }
 
-fn check_count(
-    field: &'static str,
-    length: usize,
-    max: usize,
-    unit: &'static str,
-) -> Result<(), FrameError> {
+fn check_count(field: &'static str, length: usize, max: usize, unit: &'static str) -> Result<(), FrameError> {
     if length > max {
-        return Err(FrameError::FieldTooLarge {
-            field,
-            length,
-            max,
-            unit,
-        });
+        return Err(FrameError::FieldTooLarge { field, length, max, unit });
     }
     Ok(())
 }
@@ -410,18 +379,8 @@ pub enum ServerFrame {
 }
 
 /// The snake_case `type` names of [`ServerFrame`]'s variants, in variant order.
-pub const SERVER_FRAME_TYPES: [&str; 10] = [
-    "welcome",
-    "conversation",
-    "message",
-    "send_ok",
-    "receipt",
-    "history",
-    "typing",
-    "presence",
-    "error",
-    "pong",
-];
+pub const SERVER_FRAME_TYPES: [&str; 10] =
+    ["welcome", "conversation", "message", "send_ok", "receipt", "history", "typing", "presence", "error", "pong"];
 
 impl ServerFrame {
     /// The frame's snake_case `type` name, as in its JSON form.
@@ -473,11 +432,7 @@ mod tests {
     }
 
     fn send(body: String) -> ClientFrame {
-        ClientFrame::Send {
-            conversation: conversation(),
-            client_seq: 1,
-            body,
-        }
+        ClientFrame::Send { conversation: conversation(), client_seq: 1, body }
     }
 
     fn create(members: usize, title: Option<String>, request_id: &str) -> ClientFrame {
@@ -489,19 +444,11 @@ mod tests {
     }
 
     fn history(limit: u32, request_id: &str) -> ClientFrame {
-        ClientFrame::History {
-            request_id: request_id.into(),
-            conversation: conversation(),
-            before: None,
-            limit,
-        }
+        ClientFrame::History { request_id: request_id.into(), conversation: conversation(), before: None, limit }
     }
 
     fn presence(custom: Option<String>) -> ClientFrame {
-        ClientFrame::Presence {
-            status: ActivityStatus::Active,
-            custom,
-        }
+        ClientFrame::Presence { status: ActivityStatus::Active, custom }
     }
 
     fn code(frame: &ClientFrame) -> Option<ErrorCode> {
@@ -514,58 +461,37 @@ mod tests {
         assert_eq!(send(String::new()).validate(), Ok(()));
         let error = send("x".repeat(BODY_BYTES_MAX + 1)).validate().unwrap_err();
         assert_eq!(error.code(), ErrorCode::TooLarge);
-        assert_eq!(
-            error.to_string(),
-            "body has 65537 bytes, expected at most 65536"
-        );
+        assert_eq!(error.to_string(), "body has 65537 bytes, expected at most 65536");
     }
 
     #[test]
     fn body_limit_counts_bytes_not_characters() {
         // 'é' is two bytes in UTF-8, so half the limit in characters is exactly the limit.
         assert_eq!(send("é".repeat(BODY_BYTES_MAX / 2)).validate(), Ok(()));
-        assert_eq!(
-            code(&send("é".repeat(BODY_BYTES_MAX / 2 + 1))),
-            Some(ErrorCode::TooLarge)
-        );
+        assert_eq!(code(&send("é".repeat(BODY_BYTES_MAX / 2 + 1))), Some(ErrorCode::TooLarge));
     }
 
     #[test]
     fn member_count_limits() {
         assert_eq!(create(1, None, "r").validate(), Ok(()));
         assert_eq!(create(MEMBERS_MAX, None, "r").validate(), Ok(()));
-        assert_eq!(
-            code(&create(MEMBERS_MAX + 1, None, "r")),
-            Some(ErrorCode::TooLarge)
-        );
+        assert_eq!(code(&create(MEMBERS_MAX + 1, None, "r")), Some(ErrorCode::TooLarge));
         let empty = create(0, None, "r").validate().unwrap_err();
         assert_eq!(empty.code(), ErrorCode::InvalidArgument);
-        assert_eq!(
-            empty.to_string(),
-            "members is an empty list, expected at least 1 other member"
-        );
+        assert_eq!(empty.to_string(), "members is an empty list, expected at least 1 other member");
     }
 
     #[test]
     fn title_and_request_id_limits() {
-        assert_eq!(
-            create(1, Some("t".repeat(TITLE_BYTES_MAX)), "r").validate(),
-            Ok(())
-        );
+        assert_eq!(create(1, Some("t".repeat(TITLE_BYTES_MAX)), "r").validate(), Ok(()));
         let long_title = create(1, Some("t".repeat(TITLE_BYTES_MAX + 1)), "r");
         assert_eq!(code(&long_title), Some(ErrorCode::TooLarge));
         let request_id = "r".repeat(REQUEST_ID_BYTES_MAX);
         assert_eq!(create(1, None, &request_id).validate(), Ok(()));
         assert_eq!(history(1, &request_id).validate(), Ok(()));
         let long_request_id = "r".repeat(REQUEST_ID_BYTES_MAX + 1);
-        assert_eq!(
-            code(&create(1, None, &long_request_id)),
-            Some(ErrorCode::TooLarge)
-        );
-        assert_eq!(
-            code(&history(1, &long_request_id)),
-            Some(ErrorCode::TooLarge)
-        );
+        assert_eq!(code(&create(1, None, &long_request_id)), Some(ErrorCode::TooLarge));
+        assert_eq!(code(&history(1, &long_request_id)), Some(ErrorCode::TooLarge));
     }
 
     #[test]
@@ -575,23 +501,14 @@ mod tests {
         let zero = history(0, "r").validate().unwrap_err();
         assert_eq!(zero.code(), ErrorCode::InvalidArgument);
         assert_eq!(zero.to_string(), "limit is 0, expected 1..=200");
-        assert_eq!(
-            code(&history(HISTORY_PAGE_MAX + 1, "r")),
-            Some(ErrorCode::InvalidArgument)
-        );
-        assert_eq!(
-            code(&history(u32::MAX, "r")),
-            Some(ErrorCode::InvalidArgument)
-        );
+        assert_eq!(code(&history(HISTORY_PAGE_MAX + 1, "r")), Some(ErrorCode::InvalidArgument));
+        assert_eq!(code(&history(u32::MAX, "r")), Some(ErrorCode::InvalidArgument));
     }
 
     #[test]
     fn presence_custom_limit() {
         assert_eq!(presence(None).validate(), Ok(()));
-        assert_eq!(
-            presence(Some("c".repeat(PRESENCE_CUSTOM_BYTES_MAX))).validate(),
-            Ok(())
-        );
+        assert_eq!(presence(Some("c".repeat(PRESENCE_CUSTOM_BYTES_MAX))).validate(), Ok(()));
         let long = presence(Some("c".repeat(PRESENCE_CUSTOM_BYTES_MAX + 1)));
         assert_eq!(code(&long), Some(ErrorCode::TooLarge));
     }
@@ -610,27 +527,15 @@ mod tests {
         };
         assert_eq!(hello(0).validate(), Ok(()));
         assert_eq!(hello(RESUME_CURSORS_MAX).validate(), Ok(()));
-        assert_eq!(
-            code(&hello(RESUME_CURSORS_MAX + 1)),
-            Some(ErrorCode::TooLarge)
-        );
+        assert_eq!(code(&hello(RESUME_CURSORS_MAX + 1)), Some(ErrorCode::TooLarge));
     }
 
     #[test]
     fn frames_without_limits_validate() {
         let frames = [
-            ClientFrame::Ack {
-                conversation: conversation(),
-                seq: u64::MAX,
-            },
-            ClientFrame::Read {
-                conversation: conversation(),
-                seq: 0,
-            },
-            ClientFrame::Typing {
-                conversation: conversation(),
-                active: true,
-            },
+            ClientFrame::Ack { conversation: conversation(), seq: u64::MAX },
+            ClientFrame::Read { conversation: conversation(), seq: 0 },
+            ClientFrame::Typing { conversation: conversation(), active: true },
             ClientFrame::Ping { nonce: 7 },
         ];
         for frame in frames {
@@ -640,11 +545,8 @@ mod tests {
 
     #[test]
     fn error_reply_correlates_with_the_request() {
-        let request = ClientFrame::Send {
-            conversation: conversation(),
-            client_seq: 17,
-            body: "x".repeat(BODY_BYTES_MAX + 1),
-        };
+        let request =
+            ClientFrame::Send { conversation: conversation(), client_seq: 17, body: "x".repeat(BODY_BYTES_MAX + 1) };
         let error = request.validate().unwrap_err();
         let reply = ServerFrame::error_for(&request, &error);
         assert_eq!(
@@ -658,28 +560,13 @@ mod tests {
             }
         );
         let reply = ServerFrame::error_reply(&history(0, "r2"), ErrorCode::NotMember, "no");
-        let ServerFrame::Error {
-            request_id,
-            conversation: in_reply,
-            client_seq,
-            ..
-        } = reply
-        else {
+        let ServerFrame::Error { request_id, conversation: in_reply, client_seq, .. } = reply else {
             panic!("expected an error frame");
         };
         assert_eq!(request_id.as_deref(), Some("r2"));
         assert_eq!(in_reply, Some(conversation()));
         assert_eq!(client_seq, None);
-        let ping =
-            ServerFrame::error_reply(&ClientFrame::Ping { nonce: 1 }, ErrorCode::Internal, "x");
-        assert!(matches!(
-            ping,
-            ServerFrame::Error {
-                request_id: None,
-                conversation: None,
-                client_seq: None,
-                ..
-            }
-        ));
+        let ping = ServerFrame::error_reply(&ClientFrame::Ping { nonce: 1 }, ErrorCode::Internal, "x");
+        assert!(matches!(ping, ServerFrame::Error { request_id: None, conversation: None, client_seq: None, .. }));
     }
 }

@@ -46,16 +46,9 @@ fn validate_name(kind: &'static str, value: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if value.len() > ID_BYTES_MAX {
-        return Err(IdError::TooLong {
-            kind,
-            length: value.len(),
-            max: ID_BYTES_MAX,
-        });
+        return Err(IdError::TooLong { kind, length: value.len(), max: ID_BYTES_MAX });
     }
-    if let Some(character) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
+    if let Some(character) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
         return Err(IdError::BadCharacter { kind, character });
     }
     Ok(())
@@ -177,10 +170,7 @@ impl ConversationId {
         let mut bytes = [0u8; 16];
         let mut written = 0;
         for &character in raw {
-            let value = BASE32_ALPHABET
-                .iter()
-                .position(|&a| a == character)
-                .ok_or_else(bad)?;
+            let value = BASE32_ALPHABET.iter().position(|&a| a == character).ok_or_else(bad)?;
             bits = (bits << 5) | value as u32;
             bit_count += 5;
             if bit_count >= 8 {
@@ -275,18 +265,9 @@ mod tests {
     fn user_ids_are_validated() {
         assert!(UserId::new("alice.b-c_9").is_ok());
         assert_eq!(UserId::new(""), Err(IdError::Empty { kind: "user" }));
-        assert!(matches!(
-            UserId::new("a".repeat(65)),
-            Err(IdError::TooLong { length: 65, .. })
-        ));
-        assert!(matches!(
-            DeviceId::new("phone 1"),
-            Err(IdError::BadCharacter { character: ' ', .. })
-        ));
-        assert!(matches!(
-            UserId::new("é"),
-            Err(IdError::BadCharacter { .. })
-        ));
+        assert!(matches!(UserId::new("a".repeat(65)), Err(IdError::TooLong { length: 65, .. })));
+        assert!(matches!(DeviceId::new("phone 1"), Err(IdError::BadCharacter { character: ' ', .. })));
+        assert!(matches!(UserId::new("é"), Err(IdError::BadCharacter { .. })));
     }
 
     #[test]
@@ -298,10 +279,7 @@ mod tests {
             assert!(text.bytes().all(|c| BASE32_ALPHABET.contains(&c)));
             assert_eq!(ConversationId::parse(&text), Ok(id));
         }
-        assert_eq!(
-            ConversationId::from_bytes([0u8; 16]).to_string(),
-            "a".repeat(26)
-        );
+        assert_eq!(ConversationId::from_bytes([0u8; 16]).to_string(), "a".repeat(26));
     }
 
     #[test]
@@ -320,22 +298,13 @@ mod tests {
         let alice = UserId::new("alice").unwrap();
         let bob = UserId::new("bob").unwrap();
         let carol = UserId::new("carol").unwrap();
-        assert_eq!(
-            ConversationId::direct(&alice, &bob),
-            ConversationId::direct(&bob, &alice)
-        );
-        assert_ne!(
-            ConversationId::direct(&alice, &bob),
-            ConversationId::direct(&alice, &carol)
-        );
+        assert_eq!(ConversationId::direct(&alice, &bob), ConversationId::direct(&bob, &alice));
+        assert_ne!(ConversationId::direct(&alice, &bob), ConversationId::direct(&alice, &carol));
         // "ab"+"c" must not collide with "a"+"bc".
         let ab = UserId::new("ab").unwrap();
         let c = UserId::new("c").unwrap();
         let a = UserId::new("a").unwrap();
         let bc = UserId::new("bc").unwrap();
-        assert_ne!(
-            ConversationId::direct(&ab, &c),
-            ConversationId::direct(&a, &bc)
-        );
+        assert_ne!(ConversationId::direct(&ab, &c), ConversationId::direct(&a, &bc));
     }
 }

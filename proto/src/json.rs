@@ -54,12 +54,8 @@ fn encode_flat<T: Serialize>(frame: &T) -> String {
 fn flatten(tagged: &str) -> String {
     // Variant names are snake_case ASCII, so the name needs no escaping and ends at the
     // first quote after the opening `{"`.
-    let name_and_rest = tagged
-        .strip_prefix("{\"")
-        .expect("a frame serialises as an object");
-    let (name, rest) = name_and_rest
-        .split_once("\":")
-        .expect("a frame object has one key");
+    let name_and_rest = tagged.strip_prefix("{\"").expect("a frame serialises as an object");
+    let (name, rest) = name_and_rest.split_once("\":").expect("a frame object has one key");
     let fields = rest
         .strip_suffix('}')
         .and_then(|inner| inner.strip_prefix('{'))
@@ -77,33 +73,19 @@ fn flatten(tagged: &str) -> String {
     flat
 }
 
-fn decode_flat<T: DeserializeOwned>(
-    text: &str,
-    side: &str,
-    types: &[&'static str],
-) -> Result<T, FrameError> {
+fn decode_flat<T: DeserializeOwned>(text: &str, side: &str, types: &[&'static str]) -> Result<T, FrameError> {
     if text.len() > FRAME_BYTES_MAX {
-        return Err(FrameError::FrameTooLarge {
-            length: text.len() as u64,
-            max: FRAME_BYTES_MAX,
-        });
+        return Err(FrameError::FrameTooLarge { length: text.len() as u64, max: FRAME_BYTES_MAX });
     }
-    let value: Value = serde_json::from_str(text).map_err(|error| {
-        FrameError::bad_frame(format!("expected a json object, got invalid json: {error}"))
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|error| FrameError::bad_frame(format!("expected a json object, got invalid json: {error}")))?;
     let Value::Object(mut fields) = value else {
-        return Err(FrameError::bad_frame(format!(
-            "expected a json object, got {}",
-            describe(&value)
-        )));
+        return Err(FrameError::bad_frame(format!("expected a json object, got {}", describe(&value))));
     };
     let name = match fields.remove("type") {
         Some(Value::String(name)) => name,
         Some(other) => {
-            return Err(FrameError::bad_frame(format!(
-                "expected \"type\" to be a string, got {}",
-                describe(&other)
-            )))
+            return Err(FrameError::bad_frame(format!("expected \"type\" to be a string, got {}", describe(&other))))
         }
         None => return Err(FrameError::bad_frame("expected a \"type\" field, got none")),
     };
@@ -164,18 +146,9 @@ mod tests {
 
     #[test]
     fn send_is_flat_with_type_first_and_fields_in_order() {
-        let frame = ClientFrame::Send {
-            conversation: conversation(),
-            client_seq: 17,
-            body: "hi".into(),
-        };
+        let frame = ClientFrame::Send { conversation: conversation(), client_seq: 17, body: "hi".into() };
         let text = encode_client(&frame);
-        assert_eq!(
-            text,
-            format!(
-                r#"{{"type":"send","conversation":"{CONVERSATION}","client_seq":17,"body":"hi"}}"#
-            )
-        );
+        assert_eq!(text, format!(r#"{{"type":"send","conversation":"{CONVERSATION}","client_seq":17,"body":"hi"}}"#));
         assert_eq!(decode_client(&text), Ok(frame));
     }
 
@@ -191,49 +164,24 @@ mod tests {
             body: "hi".into(),
         });
         let text = encode_server(&frame);
-        assert!(
-            text.starts_with(r#"{"type":"message","conversation":""#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"type":"message","conversation":""#), "{text}");
         assert_eq!(decode_server(&text), Ok(frame));
     }
 
     #[test]
     fn optional_and_default_fields_may_be_left_out() {
         let hello = decode_client(r#"{"type":"hello","device":"phone-1"}"#).unwrap();
-        assert_eq!(
-            hello,
-            ClientFrame::Hello {
-                device: DeviceId::new("phone-1").unwrap(),
-                resume: Default::default()
-            }
-        );
-        let create =
-            decode_client(r#"{"type":"create_conversation","request_id":"r1","members":["bob"]}"#);
-        assert!(matches!(
-            create,
-            Ok(ClientFrame::CreateConversation { title: None, .. })
-        ));
-        let history = format!(
-            r#"{{"type":"history","request_id":"r2","conversation":"{CONVERSATION}","limit":50}}"#
-        );
-        assert!(matches!(
-            decode_client(&history),
-            Ok(ClientFrame::History {
-                before: None,
-                limit: 50,
-                ..
-            })
-        ));
+        assert_eq!(hello, ClientFrame::Hello { device: DeviceId::new("phone-1").unwrap(), resume: Default::default() });
+        let create = decode_client(r#"{"type":"create_conversation","request_id":"r1","members":["bob"]}"#);
+        assert!(matches!(create, Ok(ClientFrame::CreateConversation { title: None, .. })));
+        let history = format!(r#"{{"type":"history","request_id":"r2","conversation":"{CONVERSATION}","limit":50}}"#);
+        assert!(matches!(decode_client(&history), Ok(ClientFrame::History { before: None, limit: 50, .. })));
         let explicit_null = format!(
             r#"{{"type":"history","request_id":"r2","conversation":"{CONVERSATION}","before":null,"limit":50}}"#
         );
         assert_eq!(decode_client(&explicit_null), decode_client(&history));
         let presence = decode_client(r#"{"type":"presence","status":"away"}"#);
-        assert!(matches!(
-            presence,
-            Ok(ClientFrame::Presence { custom: None, .. })
-        ));
+        assert!(matches!(presence, Ok(ClientFrame::Presence { custom: None, .. })));
     }
 
     #[test]
@@ -244,12 +192,9 @@ mod tests {
 
     #[test]
     fn resume_map_is_keyed_by_conversation_text() {
-        let text =
-            format!(r#"{{"type":"hello","device":"phone-1","resume":{{"{CONVERSATION}":41}}}}"#);
+        let text = format!(r#"{{"type":"hello","device":"phone-1","resume":{{"{CONVERSATION}":41}}}}"#);
         let frame = decode_client(&text).unwrap();
-        let ClientFrame::Hello { resume, .. } = &frame else {
-            panic!("expected hello")
-        };
+        let ClientFrame::Hello { resume, .. } = &frame else { panic!("expected hello") };
         assert_eq!(resume.get(&conversation()), Some(&41));
         assert_eq!(encode_client(&frame), text);
         let bad_key = r#"{"type":"hello","device":"phone-1","resume":{"nope":41}}"#;
@@ -258,57 +203,33 @@ mod tests {
 
     #[test]
     fn non_objects_say_what_came() {
-        assert_eq!(
-            bad_frame_reason(decode_client("[1,2]")),
-            "expected a json object, got an array of 2 items"
-        );
-        assert_eq!(
-            bad_frame_reason(decode_client("\"ping\"")),
-            "expected a json object, got string \"ping\""
-        );
-        assert_eq!(
-            bad_frame_reason(decode_client("null")),
-            "expected a json object, got null"
-        );
+        assert_eq!(bad_frame_reason(decode_client("[1,2]")), "expected a json object, got an array of 2 items");
+        assert_eq!(bad_frame_reason(decode_client("\"ping\"")), "expected a json object, got string \"ping\"");
+        assert_eq!(bad_frame_reason(decode_client("null")), "expected a json object, got null");
         let invalid = bad_frame_reason(decode_client("{\"type\":"));
-        assert!(
-            invalid.starts_with("expected a json object, got invalid json: "),
-            "{invalid}"
-        );
-        assert!(bad_frame_reason(decode_client(""))
-            .starts_with("expected a json object, got invalid json"));
+        assert!(invalid.starts_with("expected a json object, got invalid json: "), "{invalid}");
+        assert!(bad_frame_reason(decode_client("")).starts_with("expected a json object, got invalid json"));
     }
 
     #[test]
     fn type_must_be_a_known_string() {
-        assert_eq!(
-            bad_frame_reason(decode_client(r#"{"nonce":7}"#)),
-            "expected a \"type\" field, got none"
-        );
-        assert_eq!(
-            bad_frame_reason(decode_client(r#"{"type":7}"#)),
-            "expected \"type\" to be a string, got number 7"
-        );
+        assert_eq!(bad_frame_reason(decode_client(r#"{"nonce":7}"#)), "expected a \"type\" field, got none");
+        assert_eq!(bad_frame_reason(decode_client(r#"{"type":7}"#)), "expected \"type\" to be a string, got number 7");
         let unknown = bad_frame_reason(decode_client(r#"{"type":"pong","nonce":7}"#));
         assert_eq!(
             unknown,
             "expected a client frame type (hello, create_conversation, send, ack, read, history, \
              typing, presence, ping), got \"pong\""
         );
-        assert!(
-            bad_frame_reason(decode_server(r#"{"type":"ping","nonce":7}"#))
-                .starts_with("expected a server frame type (")
-        );
+        assert!(bad_frame_reason(decode_server(r#"{"type":"ping","nonce":7}"#))
+            .starts_with("expected a server frame type ("));
         // The externally tagged form is not the wire form.
         assert!(decode_client(r#"{"ping":{"nonce":7}}"#).is_err());
     }
 
     #[test]
     fn wrong_fields_name_the_frame_and_the_field() {
-        assert_eq!(
-            bad_frame_reason(decode_client(r#"{"type":"ping"}"#)),
-            "ping frame: missing field `nonce`"
-        );
+        assert_eq!(bad_frame_reason(decode_client(r#"{"type":"ping"}"#)), "ping frame: missing field `nonce`");
         assert_eq!(
             bad_frame_reason(decode_client(r#"{"type":"ping","nonce":"7"}"#)),
             "ping frame: invalid type: string \"7\", expected u64"
@@ -317,15 +238,11 @@ mod tests {
             bad_frame_reason(decode_client(r#"{"type":"ping","nonce":-1}"#)),
             "ping frame: invalid value: integer `-1`, expected u64"
         );
-        let bad_user = bad_frame_reason(decode_client(
-            r#"{"type":"create_conversation","request_id":"r","members":["a b"]}"#,
-        ));
+        let bad_user =
+            bad_frame_reason(decode_client(r#"{"type":"create_conversation","request_id":"r","members":["a b"]}"#));
         assert!(bad_user.contains("user id has character ' '"), "{bad_user}");
         let bad_status = bad_frame_reason(decode_client(r#"{"type":"presence","status":"busy"}"#));
-        assert!(
-            bad_status.starts_with("presence frame: unknown variant `busy`"),
-            "{bad_status}"
-        );
+        assert!(bad_status.starts_with("presence frame: unknown variant `busy`"), "{bad_status}");
     }
 
     #[test]
@@ -333,18 +250,9 @@ mod tests {
         // Not even valid JSON: the length check comes first.
         let text = "x".repeat(FRAME_BYTES_MAX + 1);
         let error = decode_client(&text).unwrap_err();
-        assert_eq!(
-            error,
-            FrameError::FrameTooLarge {
-                length: FRAME_BYTES_MAX as u64 + 1,
-                max: FRAME_BYTES_MAX
-            }
-        );
+        assert_eq!(error, FrameError::FrameTooLarge { length: FRAME_BYTES_MAX as u64 + 1, max: FRAME_BYTES_MAX });
         assert_eq!(error.code(), ErrorCode::TooLarge);
-        assert_eq!(
-            decode_server(&text).unwrap_err().code(),
-            ErrorCode::TooLarge
-        );
+        assert_eq!(decode_server(&text).unwrap_err().code(), ErrorCode::TooLarge);
     }
 
     #[test]
@@ -353,25 +261,14 @@ mod tests {
         let reason = bad_frame_reason(decode_client(&format!(r#"{{"type":"{name}"}}"#)));
         assert!(reason.len() < 400, "{} bytes", reason.len());
         let body = "y".repeat(100_000);
-        let reason = bad_frame_reason(decode_client(&format!(
-            r#"{{"type":"ping","nonce":"{body}"}}"#
-        )));
-        assert!(
-            reason.len() <= crate::limits::ERROR_MESSAGE_BYTES_MAX,
-            "{} bytes",
-            reason.len()
-        );
+        let reason = bad_frame_reason(decode_client(&format!(r#"{{"type":"ping","nonce":"{body}"}}"#)));
+        assert!(reason.len() <= crate::limits::ERROR_MESSAGE_BYTES_MAX, "{} bytes", reason.len());
     }
 
     #[test]
     fn type_names_match_the_json_tag() {
-        let frames = [
-            ClientFrame::Ping { nonce: 1 },
-            ClientFrame::Typing {
-                conversation: conversation(),
-                active: false,
-            },
-        ];
+        let frames =
+            [ClientFrame::Ping { nonce: 1 }, ClientFrame::Typing { conversation: conversation(), active: false }];
         for frame in frames {
             let value: Value = serde_json::from_str(&encode_client(&frame)).unwrap();
             assert_eq!(value["type"], frame.type_name());

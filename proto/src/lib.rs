@@ -17,7 +17,5 @@ pub mod limits;
 pub use codec::{decode_payload, encode_frame, FrameDecoder};
 pub use error::ErrorCode;
 pub use frame_error::FrameError;
-pub use frames::{
-    ActivityStatus, ClientFrame, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame,
-};
+pub use frames::{ActivityStatus, ClientFrame, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame};
 pub use ids::{ConversationId, DeviceId, IdError, UserId};

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use natter_proto::frames::{CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use natter_proto::json::{decode_client, decode_server, encode_client, encode_server};
 use natter_proto::{
-    decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary,
-    DeviceId, ErrorCode, FrameDecoder, MessageRecord, PresenceStatus, ServerFrame, UserId,
+    decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId,
+    ErrorCode, FrameDecoder, MessageRecord, PresenceStatus, ServerFrame, UserId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,13 +55,7 @@ fn client_examples() -> Vec<(&'static str, ClientFrame)> {
                 resume: BTreeMap::from([(conversation_a(), 41), (conversation_b(), 0)]),
             },
         ),
-        (
-            "client_hello_fresh",
-            ClientFrame::Hello {
-                device: device("phone-1"),
-                resume: BTreeMap::new(),
-            },
-        ),
+        ("client_hello_fresh", ClientFrame::Hello { device: device("phone-1"), resume: BTreeMap::new() }),
         (
             "client_create_conversation",
             ClientFrame::CreateConversation {
@@ -70,28 +64,9 @@ fn client_examples() -> Vec<(&'static str, ClientFrame)> {
                 title: Some("trip".into()),
             },
         ),
-        (
-            "client_send",
-            ClientFrame::Send {
-                conversation: conversation_a(),
-                client_seq: 17,
-                body: "hi".into(),
-            },
-        ),
-        (
-            "client_ack",
-            ClientFrame::Ack {
-                conversation: conversation_a(),
-                seq: 42,
-            },
-        ),
-        (
-            "client_read",
-            ClientFrame::Read {
-                conversation: conversation_a(),
-                seq: 42,
-            },
-        ),
+        ("client_send", ClientFrame::Send { conversation: conversation_a(), client_seq: 17, body: "hi".into() }),
+        ("client_ack", ClientFrame::Ack { conversation: conversation_a(), seq: 42 }),
+        ("client_read", ClientFrame::Read { conversation: conversation_a(), seq: 42 }),
         (
             "client_history",
             ClientFrame::History {
@@ -103,26 +78,12 @@ fn client_examples() -> Vec<(&'static str, ClientFrame)> {
         ),
         (
             "client_history_newest",
-            ClientFrame::History {
-                request_id: "r3".into(),
-                conversation: conversation_a(),
-                before: None,
-                limit: 200,
-            },
+            ClientFrame::History { request_id: "r3".into(), conversation: conversation_a(), before: None, limit: 200 },
         ),
-        (
-            "client_typing",
-            ClientFrame::Typing {
-                conversation: conversation_a(),
-                active: true,
-            },
-        ),
+        ("client_typing", ClientFrame::Typing { conversation: conversation_a(), active: true }),
         (
             "client_presence",
-            ClientFrame::Presence {
-                status: ActivityStatus::Active,
-                custom: Some("in a meeting".into()),
-            },
+            ClientFrame::Presence { status: ActivityStatus::Active, custom: Some("in a meeting".into()) },
         ),
         ("client_ping", ClientFrame::Ping { nonce: 7 }),
     ]
@@ -161,23 +122,10 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
             },
         ),
         ("server_message", ServerFrame::Message(message(43, "hi"))),
-        (
-            "server_send_ok",
-            ServerFrame::SendOk {
-                conversation: conversation_a(),
-                client_seq: 17,
-                seq: 43,
-                ts: TS,
-            },
-        ),
+        ("server_send_ok", ServerFrame::SendOk { conversation: conversation_a(), client_seq: 17, seq: 43, ts: TS }),
         (
             "server_receipt",
-            ServerFrame::Receipt {
-                conversation: conversation_a(),
-                user: user("bob"),
-                delivered: 43,
-                read: 40,
-            },
+            ServerFrame::Receipt { conversation: conversation_a(), user: user("bob"), delivered: 43, read: 40 },
         ),
         (
             "server_history",
@@ -187,14 +135,7 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                 messages: vec![message(41, "hello"), message(42, "héllo ✓")],
             },
         ),
-        (
-            "server_typing",
-            ServerFrame::Typing {
-                conversation: conversation_a(),
-                user: user("bob"),
-                active: true,
-            },
-        ),
+        ("server_typing", ServerFrame::Typing { conversation: conversation_a(), user: user("bob"), active: true }),
         (
             "server_presence",
             ServerFrame::Presence {
@@ -243,10 +184,7 @@ fn golden_text<T: Serialize>(json: &str, frame: &T) -> String {
     let mut bytes = Vec::new();
     encode_frame(frame, &mut bytes).unwrap();
     let (prefix, payload) = bytes.split_at(4);
-    let mut text = format!(
-        "json:\n{json}\n\npostcard (u32 length, then payload):\n{}\n",
-        hex(prefix)
-    );
+    let mut text = format!("json:\n{json}\n\npostcard (u32 length, then payload):\n{}\n", hex(prefix));
     for line in payload.chunks(32) {
         writeln!(text, "{}", hex(line)).unwrap();
     }
@@ -288,16 +226,8 @@ fn client_frames() {
     for (name, frame) in client_examples() {
         let json = encode_client(&frame);
         insta::assert_snapshot!(name, golden_text(&json, &frame));
-        assert_eq!(
-            decode_client(&json).as_ref(),
-            Ok(&frame),
-            "{name} json decodes back"
-        );
-        assert_eq!(
-            through_decoder(&frame),
-            frame,
-            "{name} postcard decodes back"
-        );
+        assert_eq!(decode_client(&json).as_ref(), Ok(&frame), "{name} json decodes back");
+        assert_eq!(through_decoder(&frame), frame, "{name} postcard decodes back");
         assert_eq!(json_type(&json), frame.type_name(), "{name}");
         assert_eq!(frame.validate(), Ok(()), "{name} is a valid example");
     }
@@ -308,31 +238,17 @@ fn server_frames() {
     for (name, frame) in server_examples() {
         let json = encode_server(&frame);
         insta::assert_snapshot!(name, golden_text(&json, &frame));
-        assert_eq!(
-            decode_server(&json).as_ref(),
-            Ok(&frame),
-            "{name} json decodes back"
-        );
-        assert_eq!(
-            through_decoder(&frame),
-            frame,
-            "{name} postcard decodes back"
-        );
+        assert_eq!(decode_server(&json).as_ref(), Ok(&frame), "{name} json decodes back");
+        assert_eq!(through_decoder(&frame), frame, "{name} postcard decodes back");
         assert_eq!(json_type(&json), frame.type_name(), "{name}");
     }
 }
 
 #[test]
 fn every_variant_has_a_golden() {
-    let client: BTreeSet<_> = client_examples()
-        .iter()
-        .map(|(_, frame)| frame.type_name())
-        .collect();
+    let client: BTreeSet<_> = client_examples().iter().map(|(_, frame)| frame.type_name()).collect();
     assert_eq!(client, CLIENT_FRAME_TYPES.into_iter().collect());
-    let server: BTreeSet<_> = server_examples()
-        .iter()
-        .map(|(_, frame)| frame.type_name())
-        .collect();
+    let server: BTreeSet<_> = server_examples().iter().map(|(_, frame)| frame.type_name()).collect();
     assert_eq!(server, SERVER_FRAME_TYPES.into_iter().collect());
 }
 
@@ -355,15 +271,10 @@ fn design_examples_decode() {
     let examples = client_examples();
     for text in texts {
         let frame = decode_client(&text).unwrap_or_else(|error| panic!("{text}: {error}"));
-        assert!(
-            examples.iter().any(|(_, example)| *example == frame),
-            "{text} matches a golden"
-        );
+        assert!(examples.iter().any(|(_, example)| *example == frame), "{text} matches a golden");
     }
     // Server frames that leave optional fields out, as DESIGN §5's presence and error do.
-    let presence = decode_server(
-        r#"{"type":"presence","user":"bob","status":"online","last_seen":1764288000000}"#,
-    );
+    let presence = decode_server(r#"{"type":"presence","user":"bob","status":"online","last_seen":1764288000000}"#);
     assert_eq!(
         presence,
         Ok(ServerFrame::Presence {
@@ -373,15 +284,9 @@ fn design_examples_decode() {
             custom: None
         })
     );
-    let error =
-        decode_server(r#"{"type":"error","request_id":"r1","code":"not_member","message":"…"}"#);
+    let error = decode_server(r#"{"type":"error","request_id":"r1","code":"not_member","message":"…"}"#);
     assert!(matches!(
         error,
-        Ok(ServerFrame::Error {
-            conversation: None,
-            client_seq: None,
-            code: ErrorCode::NotMember,
-            ..
-        })
+        Ok(ServerFrame::Error { conversation: None, client_seq: None, code: ErrorCode::NotMember, .. })
     ));
 }

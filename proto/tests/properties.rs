@@ -9,9 +9,8 @@ use natter_proto::frames::{CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use natter_proto::json::{decode_client, decode_server, encode_client, encode_server};
 use natter_proto::limits::FRAME_BYTES_MAX;
 use natter_proto::{
-    decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary,
-    DeviceId, ErrorCode, FrameDecoder, FrameError, MessageRecord, PresenceStatus, ServerFrame,
-    UserId,
+    decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId,
+    ErrorCode, FrameDecoder, FrameError, MessageRecord, PresenceStatus, ServerFrame, UserId,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -43,167 +42,67 @@ fn users() -> impl Strategy<Value = Vec<UserId>> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (
-            device_id(),
-            prop::collection::btree_map(conversation_id(), any::<u64>(), 0..4)
-        )
+        (device_id(), prop::collection::btree_map(conversation_id(), any::<u64>(), 0..4))
             .prop_map(|(device, resume)| ClientFrame::Hello { device, resume }),
         (text(), users(), prop::option::of(text())).prop_map(|(request_id, members, title)| {
-            ClientFrame::CreateConversation {
+            ClientFrame::CreateConversation { request_id, members, title }
+        }),
+        (conversation_id(), any::<u64>(), text())
+            .prop_map(|(conversation, client_seq, body)| { ClientFrame::Send { conversation, client_seq, body } }),
+        (conversation_id(), any::<u64>()).prop_map(|(conversation, seq)| ClientFrame::Ack { conversation, seq }),
+        (conversation_id(), any::<u64>()).prop_map(|(conversation, seq)| ClientFrame::Read { conversation, seq }),
+        (text(), conversation_id(), prop::option::of(any::<u64>()), any::<u32>()).prop_map(
+            |(request_id, conversation, before, limit)| ClientFrame::History {
                 request_id,
-                members,
-                title,
-            }
-        }),
-        (conversation_id(), any::<u64>(), text()).prop_map(|(conversation, client_seq, body)| {
-            ClientFrame::Send {
                 conversation,
-                client_seq,
-                body,
+                before,
+                limit
             }
-        }),
-        (conversation_id(), any::<u64>())
-            .prop_map(|(conversation, seq)| ClientFrame::Ack { conversation, seq }),
-        (conversation_id(), any::<u64>())
-            .prop_map(|(conversation, seq)| ClientFrame::Read { conversation, seq }),
-        (
-            text(),
-            conversation_id(),
-            prop::option::of(any::<u64>()),
-            any::<u32>()
-        )
-            .prop_map(
-                |(request_id, conversation, before, limit)| ClientFrame::History {
-                    request_id,
-                    conversation,
-                    before,
-                    limit
-                }
-            ),
-        (conversation_id(), any::<bool>()).prop_map(|(conversation, active)| ClientFrame::Typing {
-            conversation,
-            active
-        }),
-        (
-            select(vec![ActivityStatus::Active, ActivityStatus::Away]),
-            prop::option::of(text())
-        )
+        ),
+        (conversation_id(), any::<bool>())
+            .prop_map(|(conversation, active)| ClientFrame::Typing { conversation, active }),
+        (select(vec![ActivityStatus::Active, ActivityStatus::Away]), prop::option::of(text()))
             .prop_map(|(status, custom)| ClientFrame::Presence { status, custom }),
         any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
     ]
 }
 
 fn message_record() -> impl Strategy<Value = MessageRecord> {
-    (
-        conversation_id(),
-        any::<u64>(),
-        user_id(),
-        device_id(),
-        any::<u64>(),
-        any::<u64>(),
-        text(),
+    (conversation_id(), any::<u64>(), user_id(), device_id(), any::<u64>(), any::<u64>(), text()).prop_map(
+        |(conversation, seq, sender, sender_device, client_seq, ts, body)| MessageRecord {
+            conversation,
+            seq,
+            sender,
+            sender_device,
+            client_seq,
+            ts,
+            body,
+        },
     )
-        .prop_map(
-            |(conversation, seq, sender, sender_device, client_seq, ts, body)| MessageRecord {
-                conversation,
-                seq,
-                sender,
-                sender_device,
-                client_seq,
-                ts,
-                body,
-            },
-        )
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
-    let summary = (
-        conversation_id(),
-        any::<u64>(),
-        users(),
-        prop::option::of(text()),
-    )
-        .prop_map(|(id, last_seq, members, title)| ConversationSummary {
-            id,
-            last_seq,
-            members,
-            title,
-        });
-    let presence_status = select(vec![
-        PresenceStatus::Online,
-        PresenceStatus::Away,
-        PresenceStatus::Offline,
-    ]);
+    let summary = (conversation_id(), any::<u64>(), users(), prop::option::of(text()))
+        .prop_map(|(id, last_seq, members, title)| ConversationSummary { id, last_seq, members, title });
+    let presence_status = select(vec![PresenceStatus::Online, PresenceStatus::Away, PresenceStatus::Offline]);
     prop_oneof![
-        (user_id(), device_id(), prop::collection::vec(summary, 0..3)).prop_map(
-            |(user, device, conversations)| ServerFrame::Welcome {
-                user,
-                device,
-                conversations
-            }
-        ),
-        (
-            conversation_id(),
-            users(),
-            prop::option::of(text()),
-            prop::option::of(text())
-        )
-            .prop_map(
-                |(id, members, title, request_id)| ServerFrame::Conversation {
-                    id,
-                    members,
-                    title,
-                    request_id
-                }
-            ),
+        (user_id(), device_id(), prop::collection::vec(summary, 0..3))
+            .prop_map(|(user, device, conversations)| ServerFrame::Welcome { user, device, conversations }),
+        (conversation_id(), users(), prop::option::of(text()), prop::option::of(text()))
+            .prop_map(|(id, members, title, request_id)| ServerFrame::Conversation { id, members, title, request_id }),
         message_record().prop_map(ServerFrame::Message),
-        (conversation_id(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(conversation, client_seq, seq, ts)| ServerFrame::SendOk {
-                conversation,
-                client_seq,
-                seq,
-                ts
-            }
-        ),
-        (conversation_id(), user_id(), any::<u64>(), any::<u64>()).prop_map(
-            |(conversation, user, delivered, read)| ServerFrame::Receipt {
-                conversation,
-                user,
-                delivered,
-                read
-            }
-        ),
-        (
-            text(),
-            conversation_id(),
-            prop::collection::vec(message_record(), 0..3)
-        )
-            .prop_map(
-                |(request_id, conversation, messages)| ServerFrame::History {
-                    request_id,
-                    conversation,
-                    messages
-                }
-            ),
-        (conversation_id(), user_id(), any::<bool>()).prop_map(|(conversation, user, active)| {
-            ServerFrame::Typing {
-                conversation,
-                user,
-                active,
-            }
+        (conversation_id(), any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(conversation, client_seq, seq, ts)| ServerFrame::SendOk { conversation, client_seq, seq, ts }),
+        (conversation_id(), user_id(), any::<u64>(), any::<u64>()).prop_map(|(conversation, user, delivered, read)| {
+            ServerFrame::Receipt { conversation, user, delivered, read }
         }),
-        (
-            user_id(),
-            presence_status,
-            prop::option::of(any::<u64>()),
-            prop::option::of(text())
-        )
-            .prop_map(|(user, status, last_seen, custom)| ServerFrame::Presence {
-                user,
-                status,
-                last_seen,
-                custom
-            }),
+        (text(), conversation_id(), prop::collection::vec(message_record(), 0..3)).prop_map(
+            |(request_id, conversation, messages)| ServerFrame::History { request_id, conversation, messages }
+        ),
+        (conversation_id(), user_id(), any::<bool>())
+            .prop_map(|(conversation, user, active)| { ServerFrame::Typing { conversation, user, active } }),
+        (user_id(), presence_status, prop::option::of(any::<u64>()), prop::option::of(text()))
+            .prop_map(|(user, status, last_seen, custom)| ServerFrame::Presence { user, status, last_seen, custom }),
         (
             prop::option::of(text()),
             prop::option::of(conversation_id()),
@@ -212,13 +111,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             text(),
         )
             .prop_map(|(request_id, conversation, client_seq, code, message)| {
-                ServerFrame::Error {
-                    request_id,
-                    conversation,
-                    client_seq,
-                    code,
-                    message,
-                }
+                ServerFrame::Error { request_id, conversation, client_seq, code, message }
             }),
         any::<u64>().prop_map(|nonce| ServerFrame::Pong { nonce }),
     ]
@@ -275,15 +168,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         ".{0,16}".prop_map(Value::String),
         "[a-z]{1,8}".prop_map(Value::String),
         conversation_id().prop_map(|id| Value::String(id.to_string())),
-        select(vec![
-            "active",
-            "away",
-            "online",
-            "offline",
-            "not_member",
-            "too_large"
-        ])
-        .prop_map(Value::from),
+        select(vec!["active", "away", "online", "offline", "not_member", "too_large"]).prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -296,20 +181,12 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// A JSON object whose `"type"` names a real frame, with arbitrary fields beside it.
 fn typed_json_object() -> impl Strategy<Value = Value> {
-    let names: Vec<&str> = CLIENT_FRAME_TYPES
-        .iter()
-        .chain(SERVER_FRAME_TYPES.iter())
-        .copied()
-        .collect();
-    (
-        select(names),
-        prop::collection::btree_map(field_name(), json_value(), 0..8),
-    )
-        .prop_map(|(name, fields)| {
-            let mut object: serde_json::Map<String, Value> = fields.into_iter().collect();
-            object.insert("type".to_owned(), Value::from(name));
-            Value::Object(object)
-        })
+    let names: Vec<&str> = CLIENT_FRAME_TYPES.iter().chain(SERVER_FRAME_TYPES.iter()).copied().collect();
+    (select(names), prop::collection::btree_map(field_name(), json_value(), 0..8)).prop_map(|(name, fields)| {
+        let mut object: serde_json::Map<String, Value> = fields.into_iter().collect();
+        object.insert("type".to_owned(), Value::from(name));
+        Value::Object(object)
+    })
 }
 
 // ---- helpers ----
@@ -324,10 +201,7 @@ fn encoded<T: Serialize>(frames: &[T]) -> Vec<u8> {
 
 /// Feeds `stream` to a fresh decoder in chunks whose sizes cycle through `chunk_sizes`,
 /// draining it after every push, and returns every result it produced.
-fn decode_stream<T: DeserializeOwned>(
-    stream: &[u8],
-    chunk_sizes: &[usize],
-) -> Vec<Result<T, FrameError>> {
+fn decode_stream<T: DeserializeOwned>(stream: &[u8], chunk_sizes: &[usize]) -> Vec<Result<T, FrameError>> {
     let mut decoder = FrameDecoder::new();
     let mut results = Vec::new();
     let mut rest = stream;
@@ -335,10 +209,7 @@ fn decode_stream<T: DeserializeOwned>(
     while !rest.is_empty() {
         let size = sizes.next().unwrap().clamp(1, rest.len());
         let taken = decoder.push(&rest[..size]);
-        assert!(
-            taken > 0 || decoder.free_bytes() == 0,
-            "push takes nothing only when full"
-        );
+        assert!(taken > 0 || decoder.free_bytes() == 0, "push takes nothing only when full");
         assert!(decoder.buffered_bytes() <= DECODER_BUFFER_BYTES_MAX);
         rest = &rest[taken..];
         loop {
@@ -561,9 +432,7 @@ fn resume_map_order_does_not_matter_in_json() {
     let low = ConversationId::from_bytes([0; 16]);
     let high = ConversationId::from_bytes([0xff; 16]);
     let text = format!(r#"{{"type":"hello","device":"d","resume":{{"{high}":2,"{low}":1}}}}"#);
-    let expected = ClientFrame::Hello {
-        device: DeviceId::new("d").unwrap(),
-        resume: BTreeMap::from([(low, 1), (high, 2)]),
-    };
+    let expected =
+        ClientFrame::Hello { device: DeviceId::new("d").unwrap(), resume: BTreeMap::from([(low, 1), (high, 2)]) };
     assert_eq!(decode_client(&text), Ok(expected));
 }

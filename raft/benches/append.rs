@@ -58,9 +58,9 @@ fn run(runtime: &tokio::runtime::Runtime, store: &Arc<Store>, next_index: &mut u
 
 fn appends(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(Into::into).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
-    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::fs::create_dir_all(&target).unwrap();
     let mut group = c.benchmark_group("append_8_shards");
     group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
@@ -72,9 +72,7 @@ fn appends(c: &mut Criterion) {
         let store = Store::open(&config).unwrap();
         let mut next_index = 1;
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter_custom(|iterations| {
-                (0..iterations).map(|_| run(&runtime, &store, &mut next_index, per_shard)).sum()
-            })
+            b.iter_custom(|iterations| (0..iterations).map(|_| run(&runtime, &store, &mut next_index, per_shard)).sum())
         });
     }
     group.finish();

@@ -60,10 +60,8 @@ pub fn shard_of_user(user: &UserId, shard_count: u32) -> ShardId {
 /// rendezvous score, in descending score order (the first is the preferred initial leader).
 /// The result does not depend on the order of `nodes`.
 pub fn replicas(shard: ShardId, nodes: &[NodeId]) -> Vec<NodeId> {
-    let mut scored: Vec<(u64, NodeId)> = nodes
-        .iter()
-        .map(|&node| (stable_hash(&[&shard.0.to_be_bytes(), &node.to_be_bytes()]), node))
-        .collect();
+    let mut scored: Vec<(u64, NodeId)> =
+        nodes.iter().map(|&node| (stable_hash(&[&shard.0.to_be_bytes(), &node.to_be_bytes()]), node)).collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
     scored.dedup_by_key(|(_, node)| *node);
     scored.into_iter().take(REPLICAS_MAX).map(|(_, node)| node).collect()

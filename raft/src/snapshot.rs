@@ -41,7 +41,12 @@ pub fn restore(tables: &Tables, txn: &mut RwTxn<'_>, shard: ShardId, data: &[u8]
     let body: SnapshotBody = decode(data)?;
     if body.format != SNAPSHOT_FORMAT || body.tables.len() != tables.state_tables().len() {
         return Err(heed::Error::Decoding(
-            format!("snapshot format {} with {} tables, expected format {SNAPSHOT_FORMAT}", body.format, body.tables.len()).into(),
+            format!(
+                "snapshot format {} with {} tables, expected format {SNAPSHOT_FORMAT}",
+                body.format,
+                body.tables.len()
+            )
+            .into(),
         ));
     }
     let prefix = Key::shard(shard);

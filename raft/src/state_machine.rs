@@ -53,7 +53,13 @@ struct MembershipRow {
 }
 
 /// Applies one committed command at log `index` of `shard`. Rejections write nothing.
-pub fn apply(tables: &Tables, txn: &mut RwTxn<'_>, shard: ShardId, index: u64, command: &Command) -> heed::Result<Response> {
+pub fn apply(
+    tables: &Tables,
+    txn: &mut RwTxn<'_>,
+    shard: ShardId,
+    index: u64,
+    command: &Command,
+) -> heed::Result<Response> {
     let mut machine = Machine { tables, shard, index };
     let result = match command {
         Command::CreateConversation { conversation, creator, members, title, direct, ts } => {
@@ -90,7 +96,11 @@ impl Machine<'_> {
         Key::shard(self.shard)
     }
 
-    fn conversation_row(&self, txn: &RoTxn<'_>, conversation: &ConversationId) -> heed::Result<Option<ConversationRow>> {
+    fn conversation_row(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+    ) -> heed::Result<Option<ConversationRow>> {
         get(&self.tables.conversations, txn, self.key().conversation(conversation).as_bytes())
     }
 
@@ -117,7 +127,14 @@ impl Machine<'_> {
         Ok(Ok(row))
     }
 
-    fn outbox(&self, txn: &mut RwTxn<'_>, position: &mut u32, user: &UserId, conversation: &ConversationId, member: bool) -> heed::Result<()> {
+    fn outbox(
+        &self,
+        txn: &mut RwTxn<'_>,
+        position: &mut u32,
+        user: &UserId,
+        conversation: &ConversationId,
+        member: bool,
+    ) -> heed::Result<()> {
         let id = OutboxId { index: self.index, position: *position };
         *position += 1;
         let item = OutboxItem {
@@ -172,14 +189,19 @@ impl Machine<'_> {
                 return Ok(Err(CommandError::InvalidArgument("a direct conversation has exactly two members".into())));
             };
             if ConversationId::direct(a, b) != *conversation {
-                return Ok(Err(CommandError::InvalidArgument("direct conversation id does not match its members".into())));
+                return Ok(Err(CommandError::InvalidArgument(
+                    "direct conversation id does not match its members".into(),
+                )));
             }
         }
         if self.conversation_row(txn, conversation)?.is_some() {
             // Idempotent: a retried create (or a second "create DM") finds the first. Someone
             // who is not a member learns nothing about it.
             return Ok(match self.member_row(txn, conversation, creator)? {
-                Ok(_) => Ok(Response::Conversation { conversation: self.view(txn, conversation)?.expect("exists"), created: false }),
+                Ok(_) => Ok(Response::Conversation {
+                    conversation: self.view(txn, conversation)?.expect("exists"),
+                    created: false,
+                }),
                 Err(error) => Err(error),
             });
         }
@@ -198,10 +220,19 @@ impl Machine<'_> {
             self.tables.members.put(txn, key.as_bytes(), &self.index.to_be_bytes())?;
             self.outbox(txn, &mut position, member, conversation, true)?;
         }
-        Ok(Ok(Response::Conversation { conversation: self.view(txn, conversation)?.expect("just created"), created: true }))
+        Ok(Ok(Response::Conversation {
+            conversation: self.view(txn, conversation)?.expect("just created"),
+            created: true,
+        }))
     }
 
-    fn add_members(&mut self, txn: &mut RwTxn<'_>, conversation: &ConversationId, by: &UserId, members: &BTreeSet<UserId>) -> Outcome {
+    fn add_members(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        conversation: &ConversationId,
+        by: &UserId,
+        members: &BTreeSet<UserId>,
+    ) -> Outcome {
         let mut row = match self.member_row(txn, conversation, by)? {
             Ok(row) => row,
             Err(error) => return Ok(Err(error)),
@@ -230,7 +261,13 @@ impl Machine<'_> {
         Ok(Ok(Response::Conversation { conversation: self.view(txn, conversation)?.expect("exists"), created: false }))
     }
 
-    fn remove_members(&mut self, txn: &mut RwTxn<'_>, conversation: &ConversationId, by: &UserId, members: &BTreeSet<UserId>) -> Outcome {
+    fn remove_members(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        conversation: &ConversationId,
+        by: &UserId,
+        members: &BTreeSet<UserId>,
+    ) -> Outcome {
         let mut row = match self.member_row(txn, conversation, by)? {
             Ok(row) => row,
             Err(error) => return Ok(Err(error)),
@@ -267,7 +304,12 @@ impl Machine<'_> {
         // changed since (even if the sender has left the conversation).
         let dedup_key = device_key.clone().u64(client_seq);
         if let Some(row) = get::<DedupRow>(&self.tables.dedup, txn, dedup_key.as_bytes())? {
-            return Ok(Ok(Response::Appended { conversation: row.conversation, seq: row.seq, ts: row.ts, duplicate: true }));
+            return Ok(Ok(Response::Appended {
+                conversation: row.conversation,
+                seq: row.seq,
+                ts: row.ts,
+                duplicate: true,
+            }));
         }
         let highest = self.tables.dedup_high.get(txn, device_key.as_bytes())?.map(|raw| read_u64(raw, 0));
         if let Some(highest) = highest {
@@ -290,7 +332,8 @@ impl Machine<'_> {
         // Timestamps never go backwards within a conversation, even across leader changes with
         // skewed clocks.
         let ts = ts.max(row.last_ts);
-        let message = MessageRow { sender: sender.clone(), sender_device: device.clone(), client_seq, ts, body: body.to_owned() };
+        let message =
+            MessageRow { sender: sender.clone(), sender_device: device.clone(), client_seq, ts, body: body.to_owned() };
         let message_key = self.key().conversation(conversation).u64(seq);
         debug_assert!(self.tables.messages.get(txn, message_key.as_bytes())?.is_none(), "seq {seq} already used");
         put(&self.tables.messages, txn, message_key.as_bytes(), &message)?;
@@ -338,7 +381,14 @@ impl Machine<'_> {
         Ok(Ok(Response::Cursor { delivered, read }))
     }
 
-    fn apply_membership(&mut self, txn: &mut RwTxn<'_>, user: &UserId, conversation: &ConversationId, member: bool, version: u64) -> heed::Result<Response> {
+    fn apply_membership(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        user: &UserId,
+        conversation: &ConversationId,
+        member: bool,
+        version: u64,
+    ) -> heed::Result<Response> {
         let key = self.key().user(user).conversation(conversation);
         let old: Option<MembershipRow> = get(&self.tables.user_conversations, txn, key.as_bytes())?;
         if old.is_none_or(|old| version > old.version) {
@@ -396,15 +446,22 @@ impl Reader<'_> {
 
     /// A conversation with its members, or `None` if it does not exist. Callers that serve a
     /// user check membership first ([`Reader::check_member`]).
-    pub fn conversation(&self, txn: &RoTxn<'_>, conversation: &ConversationId) -> heed::Result<Option<ConversationView>> {
-        let Some(row) = get::<ConversationRow>(&self.tables.conversations, txn, self.key().conversation(conversation).as_bytes())? else {
+    pub fn conversation(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+    ) -> heed::Result<Option<ConversationView>> {
+        let Some(row) =
+            get::<ConversationRow>(&self.tables.conversations, txn, self.key().conversation(conversation).as_bytes())?
+        else {
             return Ok(None);
         };
         let prefix = self.key().conversation(conversation);
         let mut members = Vec::with_capacity(row.member_count as usize);
         for item in self.tables.members.prefix_iter(txn, prefix.as_bytes())? {
             let (key, _) = item?;
-            let user = std::str::from_utf8(&key[prefix.as_bytes().len() + 1..]).map_err(|e| heed::Error::Decoding(Box::new(e)))?;
+            let user = std::str::from_utf8(&key[prefix.as_bytes().len() + 1..])
+                .map_err(|e| heed::Error::Decoding(Box::new(e)))?;
             members.push(UserId::new(user).map_err(|e| heed::Error::Decoding(Box::new(e)))?);
         }
         members.sort();
@@ -421,10 +478,20 @@ impl Reader<'_> {
 
     /// `Ok(())` if `user` is a member of `conversation`, else the same `not_member` refusal for
     /// a missing conversation and a non-member.
-    pub fn check_member(&self, txn: &RoTxn<'_>, conversation: &ConversationId, user: &UserId) -> heed::Result<Result<(), CommandError>> {
+    pub fn check_member(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+        user: &UserId,
+    ) -> heed::Result<Result<(), CommandError>> {
         let exists = self.tables.conversations.get(txn, self.key().conversation(conversation).as_bytes())?.is_some();
-        let member = exists && self.tables.members.get(txn, self.key().conversation(conversation).user(user).as_bytes())?.is_some();
-        Ok(if member { Ok(()) } else { Err(CommandError::NotMember { user: user.clone(), conversation: *conversation }) })
+        let member = exists
+            && self.tables.members.get(txn, self.key().conversation(conversation).user(user).as_bytes())?.is_some();
+        Ok(if member {
+            Ok(())
+        } else {
+            Err(CommandError::NotMember { user: user.clone(), conversation: *conversation })
+        })
     }
 
     /// Up to `limit` (capped at `HISTORY_PAGE_MAX`) messages with seq below `before` (all if
@@ -455,7 +522,13 @@ impl Reader<'_> {
 
     /// Up to `limit` messages with seq above `after`, ascending: catch-up after a cursor. Not
     /// membership-checked (the node checks before serving a device).
-    pub fn messages_after(&self, txn: &RoTxn<'_>, conversation: &ConversationId, after: u64, limit: usize) -> heed::Result<Vec<MessageView>> {
+    pub fn messages_after(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> heed::Result<Vec<MessageView>> {
         let start = self.key().conversation(conversation).u64(after.saturating_add(1));
         let end = self.key().conversation(conversation).u64(u64::MAX);
         let range = (std::ops::Bound::Included(start.as_bytes()), std::ops::Bound::Included(end.as_bytes()));
@@ -481,13 +554,23 @@ impl Reader<'_> {
     }
 
     /// A device's cursors (zero if it never acked).
-    pub fn cursor(&self, txn: &RoTxn<'_>, conversation: &ConversationId, user: &UserId, device: &DeviceId) -> heed::Result<Cursor> {
+    pub fn cursor(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> heed::Result<Cursor> {
         let key = self.key().conversation(conversation).user(user).device(device);
         Ok(get(&self.tables.cursors, txn, key.as_bytes())?.unwrap_or_default())
     }
 
     /// Every device cursor of a conversation, in key order.
-    pub fn cursors(&self, txn: &RoTxn<'_>, conversation: &ConversationId) -> heed::Result<Vec<(UserId, DeviceId, Cursor)>> {
+    pub fn cursors(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+    ) -> heed::Result<Vec<(UserId, DeviceId, Cursor)>> {
         let prefix = self.key().conversation(conversation);
         let mut cursors = Vec::new();
         for item in self.tables.cursors.prefix_iter(txn, prefix.as_bytes())? {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use heed::{Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
 use openraft::entry::RaftEntry;
-use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{
+    EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -61,7 +63,12 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// Production defaults: group commit, fsync on commit.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), map_bytes: MAP_BYTES_DEFAULT, writer: WriterMode::GroupCommit, durability: Durability::Sync }
+        Self {
+            path: path.into(),
+            map_bytes: MAP_BYTES_DEFAULT,
+            writer: WriterMode::GroupCommit,
+            durability: Durability::Sync,
+        }
     }
 }
 
@@ -124,7 +131,11 @@ impl Store {
     }
 
     /// Runs `read` with a [`Reader`] of `shard`.
-    pub fn read_shard<R>(&self, shard: ShardId, read: impl FnOnce(Reader<'_>, &RoTxn<'_>) -> heed::Result<R>) -> io::Result<R> {
+    pub fn read_shard<R>(
+        &self,
+        shard: ShardId,
+        read: impl FnOnce(Reader<'_>, &RoTxn<'_>) -> heed::Result<R>,
+    ) -> io::Result<R> {
         self.read(|tables, txn| read(Reader { tables, shard }, txn))
     }
 
@@ -230,7 +241,10 @@ fn bounds_to_indexes(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 }
 
 impl RaftLogReader<TypeConfig> for ShardLog {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(&mut self, range: RB) -> Result<Vec<Entry>, io::Error> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
         let Some((start, end)) = bounds_to_indexes(&range) else {
             return Ok(Vec::new());
         };
@@ -387,7 +401,12 @@ impl ShardStateMachine {
         Key::shard(self.shard).u8(tag)
     }
 
-    fn store_snapshot(tables: &Tables, txn: &mut RwTxn<'_>, shard: ShardId, snapshot: &StoredSnapshot) -> heed::Result<()> {
+    fn store_snapshot(
+        tables: &Tables,
+        txn: &mut RwTxn<'_>,
+        shard: ShardId,
+        snapshot: &StoredSnapshot,
+    ) -> heed::Result<()> {
         put(&tables.meta, txn, Key::shard(shard).u8(meta::SNAPSHOT).as_bytes(), snapshot)
     }
 }
@@ -428,7 +447,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 for entry in &batch {
                     let response = match &entry.payload {
                         EntryPayload::Blank => Response::Done,
-                        EntryPayload::Normal(command) => state_machine::apply(tables, txn, shard, entry.log_id().index(), command)?,
+                        EntryPayload::Normal(command) => {
+                            state_machine::apply(tables, txn, shard, entry.log_id().index(), command)?
+                        }
                         EntryPayload::Membership(membership) => {
                             let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
                             put(&tables.meta, txn, Key::shard(shard).u8(meta::MEMBERSHIP).as_bytes(), &stored)?;
@@ -492,11 +513,13 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         // One read transaction: the rows and the applied pointer are from the same instant.
         let stored = self.store.read(|tables, txn| {
             let last_log_id: Option<LogId> = get::<Option<LogId>>(&tables.meta, txn, applied_key.as_bytes())?.flatten();
-            let last_membership: StoredMembership = get(&tables.meta, txn, membership_key.as_bytes())?.unwrap_or_default();
+            let last_membership: StoredMembership =
+                get(&tables.meta, txn, membership_key.as_bytes())?.unwrap_or_default();
             let data = crate::snapshot::dump(tables, txn, shard)?;
             Ok(StoredSnapshot { last_log_id, last_membership, data })
         })?;
-        let meta = SnapshotMeta { last_log_id: stored.last_log_id.clone(), last_membership: stored.last_membership.clone() };
+        let meta =
+            SnapshotMeta { last_log_id: stored.last_log_id.clone(), last_membership: stored.last_membership.clone() };
         let data = stored.data.clone();
         self.store.write(move |tables, txn| Self::store_snapshot(tables, txn, shard, &stored)).await?;
         Ok(Snapshot { meta, snapshot: data })

@@ -17,7 +17,8 @@ struct LmdbBuilder {
 impl StoreBuilder<TypeConfig, ShardLog, ShardStateMachine, TempDir> for LmdbBuilder {
     async fn build(&self) -> Result<(TempDir, ShardLog, ShardStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = StoreConfig { writer: self.writer, durability: Durability::NoSync, ..StoreConfig::new(dir.path()) };
+        let config =
+            StoreConfig { writer: self.writer, durability: Durability::NoSync, ..StoreConfig::new(dir.path()) };
         let store = Store::open(&config).expect("open store");
         Ok((dir, store.log(self.shard), store.state_machine(self.shard)))
     }

@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use natter_proto::UserId;
 use natter_raft::placement::ShardId;
 use natter_raft::store::{Durability, Store, StoreConfig};
 use natter_raft::tables::Key;
 use natter_raft::types::{Entry, Runtime, TypeConfig};
 use natter_raft::{Command, WriterMode};
-use natter_proto::UserId;
 use openraft::entry::RaftEntry;
 
 /// Opens a store for tests (no fsync unless asked).
