@@ -17,6 +17,7 @@
 use std::io;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use heed::{Env, RwTxn};
 use tokio::sync::mpsc;
@@ -27,6 +28,8 @@ use crate::tables::Tables;
 pub const WRITER_BATCH_OPS_MAX: usize = 1024;
 /// Most ops waiting for the group-commit writer; submitters wait for room (back-pressure).
 pub const WRITER_QUEUE_OPS_MAX: usize = 4096;
+/// Longest the group-commit writer waits for more ops before committing a batch.
+pub const WRITER_LINGER_MAX: Duration = Duration::from_micros(200);
 
 /// How a store runs its write transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,19 +63,9 @@ impl Writer {
             WriterMode::GroupCommit => {
                 let (sender, mut receiver) = mpsc::channel::<BoxedOp>(WRITER_QUEUE_OPS_MAX);
                 let env = env.clone();
-                let handle = std::thread::Builder::new().name("natter-writer".into()).spawn(move || {
-                    let mut batch = Vec::with_capacity(WRITER_BATCH_OPS_MAX);
-                    while let Some(op) = receiver.blocking_recv() {
-                        batch.push(op);
-                        while batch.len() < WRITER_BATCH_OPS_MAX {
-                            match receiver.try_recv() {
-                                Ok(op) => batch.push(op),
-                                Err(_) => break,
-                            }
-                        }
-                        run_batch(&env, &tables, &mut batch);
-                    }
-                })?;
+                let handle = std::thread::Builder::new()
+                    .name("natter-writer".into())
+                    .spawn(move || group_commit_loop(&env, &tables, &mut receiver))?;
                 Ok(Self::Thread { sender: Mutex::new(Some(sender)), handle: Mutex::new(Some(handle)) })
             }
         }
@@ -103,6 +96,40 @@ impl Writer {
                 let _ = handle.join();
             }
         }
+    }
+}
+
+/// Receives ops and commits them in batches until every sender is gone.
+///
+/// Writers that waited for the previous commit resubmit a moment after it completes, not all at
+/// once, so a batch started on the first arrival would hold one op and the rest would wait a
+/// whole fsync. The loop therefore lingers (at most [`WRITER_LINGER_MAX`]) until as many ops as
+/// the previous batch held have arrived: under steady concurrent load batches stay full, and a
+/// lone writer (previous batch of one) never waits.
+fn group_commit_loop(env: &Env, tables: &Tables, receiver: &mut mpsc::Receiver<BoxedOp>) {
+    let mut batch = Vec::with_capacity(WRITER_BATCH_OPS_MAX);
+    let mut expected = 1;
+    while let Some(op) = receiver.blocking_recv() {
+        batch.push(op);
+        let started = Instant::now();
+        loop {
+            match receiver.try_recv() {
+                Ok(op) => {
+                    batch.push(op);
+                    if batch.len() >= WRITER_BATCH_OPS_MAX {
+                        break;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty)
+                    if batch.len() < expected && started.elapsed() < WRITER_LINGER_MAX =>
+                {
+                    std::thread::yield_now();
+                }
+                Err(_) => break,
+            }
+        }
+        expected = batch.len();
+        run_batch(env, tables, &mut batch);
     }
 }
 
