@@ -113,6 +113,6 @@ mod tests {
         assert_eq!(pinned, (PINNED_USER_SHARD, PINNED_CONVERSATION_SHARD));
     }
 
-    const PINNED_USER_SHARD: ShardId = ShardId(u32::MAX);
-    const PINNED_CONVERSATION_SHARD: ShardId = ShardId(u32::MAX);
+    const PINNED_USER_SHARD: ShardId = ShardId(43);
+    const PINNED_CONVERSATION_SHARD: ShardId = ShardId(45);
 }
