@@ -281,7 +281,7 @@ impl RaftLogStorage<TypeConfig> for ShardLog {
                 Some(item) => Some(decode::<Entry>(item?.1)?.log_id()),
                 None => None,
             };
-            let last_log_id = last.or_else(|| last_purged_log_id.clone());
+            let last_log_id = last.or(last_purged_log_id);
             Ok(LogState { last_purged_log_id, last_log_id })
         })
     }
@@ -458,7 +458,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     };
                     responses.push(response);
                 }
-                put(&tables.meta, txn, Key::shard(shard).u8(meta::APPLIED).as_bytes(), &Some(last.clone()))?;
+                put(&tables.meta, txn, Key::shard(shard).u8(meta::APPLIED).as_bytes(), &Some(last))?;
                 Ok(responses)
             })
             .await?;
@@ -477,7 +477,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn install_snapshot(&mut self, snapshot_meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let shard = self.shard;
         let stored = StoredSnapshot {
-            last_log_id: snapshot_meta.last_log_id.clone(),
+            last_log_id: snapshot_meta.last_log_id,
             last_membership: snapshot_meta.last_membership.clone(),
             data: snapshot,
         };
@@ -518,8 +518,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
             let data = crate::snapshot::dump(tables, txn, shard)?;
             Ok(StoredSnapshot { last_log_id, last_membership, data })
         })?;
-        let meta =
-            SnapshotMeta { last_log_id: stored.last_log_id.clone(), last_membership: stored.last_membership.clone() };
+        let meta = SnapshotMeta { last_log_id: stored.last_log_id, last_membership: stored.last_membership.clone() };
         let data = stored.data.clone();
         self.store.write(move |tables, txn| Self::store_snapshot(tables, txn, shard, &stored)).await?;
         Ok(Snapshot { meta, snapshot: data })
