@@ -228,24 +228,9 @@ pub struct ConversationView {
     pub created_ts: u64,
 }
 
-/// A committed message as readers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageView {
-    /// The conversation.
-    pub conversation: ConversationId,
-    /// Its seq.
-    pub seq: u64,
-    /// Sending user.
-    pub sender: UserId,
-    /// Sending device.
-    pub sender_device: DeviceId,
-    /// The device's send number.
-    pub client_seq: u64,
-    /// Server timestamp, ms since the Unix epoch.
-    pub ts: u64,
-    /// The text.
-    pub body: String,
-}
+/// A committed message as readers see it: the wire record itself, so history and delivery
+/// hand out what the state machine stored without a copy into another shape.
+pub type MessageView = natter_proto::frames::MessageRecord;
 
 /// A device's cursors in one conversation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

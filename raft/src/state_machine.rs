@@ -127,6 +127,22 @@ impl Machine<'_> {
         Ok(Ok(row))
     }
 
+    /// The row of a group conversation whose members `by` may change.
+    fn group_row(
+        &self,
+        txn: &RoTxn<'_>,
+        conversation: &ConversationId,
+        by: &UserId,
+    ) -> heed::Result<Result<ConversationRow, CommandError>> {
+        Ok(self.member_row(txn, conversation, by)?.and_then(|row| {
+            if row.direct {
+                Err(CommandError::InvalidArgument("members of a direct conversation cannot change".into()))
+            } else {
+                Ok(row)
+            }
+        }))
+    }
+
     fn outbox(
         &self,
         txn: &mut RwTxn<'_>,
@@ -233,13 +249,10 @@ impl Machine<'_> {
         by: &UserId,
         members: &BTreeSet<UserId>,
     ) -> Outcome {
-        let mut row = match self.member_row(txn, conversation, by)? {
+        let mut row = match self.group_row(txn, conversation, by)? {
             Ok(row) => row,
             Err(error) => return Ok(Err(error)),
         };
-        if row.direct {
-            return Ok(Err(CommandError::InvalidArgument("members of a direct conversation cannot change".into())));
-        }
         let mut new = Vec::new();
         for member in members {
             if !self.is_member(txn, conversation, member)? {
@@ -268,13 +281,10 @@ impl Machine<'_> {
         by: &UserId,
         members: &BTreeSet<UserId>,
     ) -> Outcome {
-        let mut row = match self.member_row(txn, conversation, by)? {
+        let mut row = match self.group_row(txn, conversation, by)? {
             Ok(row) => row,
             Err(error) => return Ok(Err(error)),
         };
-        if row.direct {
-            return Ok(Err(CommandError::InvalidArgument("members of a direct conversation cannot change".into())));
-        }
         let mut position = 0;
         for member in members {
             let key = self.key().conversation(conversation).user(member);
