@@ -1,0 +1,586 @@
+//! The node's shard groups: bootstrap, proposals from any node, linearizable reads, the peer
+//! RPC handler, status for operators, and graceful shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use natter_raft::command::{Command, Response};
+use natter_raft::placement::{replicas, ShardId};
+use natter_raft::store::{Store, StoreConfig};
+use natter_raft::types::{NodeId, NodeInfo, Raft, SnapshotMeta};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::env::NodeEnv;
+use crate::metrics::Metrics;
+use crate::network::{Router, ShardNetworkFactory};
+use crate::rpc::{PeerRequest, PeerResponse};
+use crate::transport::{PeerHandler, PeerState, Transport};
+
+/// Pause between proposal attempts when no leader is known.
+pub const PROPOSE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Longest pause between proposal attempts.
+pub const PROPOSE_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// How long shutdown waits for a leadership to move before stopping anyway.
+pub const LEADERSHIP_HANDOFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a proposal or read could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader answered before the deadline; retrying later is safe (commands are idempotent).
+    #[error("shard {shard} unavailable: {reason}")]
+    Unavailable {
+        /// The shard.
+        shard: ShardId,
+        /// The last failure seen.
+        reason: String,
+    },
+    /// The shard id is outside the cluster's shard count.
+    #[error("no shard {0}")]
+    NoSuchShard(ShardId),
+    /// This node holds no replica of the shard, so it cannot read it locally.
+    #[error("node holds no replica of shard {0}")]
+    NotReplica(ShardId),
+}
+
+impl ClusterError {
+    /// The wire error code for clients.
+    pub fn code(&self) -> natter_proto::ErrorCode {
+        match self {
+            Self::Unavailable { .. } => natter_proto::ErrorCode::Unavailable,
+            Self::NoSuchShard(_) | Self::NotReplica(_) => natter_proto::ErrorCode::Internal,
+        }
+    }
+}
+
+/// One shard as the admin view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// The shard id.
+    pub shard: u32,
+    /// Its replicas, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's term for the shard.
+    pub term: u64,
+    /// This node's role.
+    pub role: String,
+    /// Highest committed log index this node knows of.
+    pub commit_index: u64,
+    /// Highest applied log index on this node.
+    pub applied_index: u64,
+}
+
+/// A node as the admin view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// Inter-node address.
+    pub peer_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// This node's connection to it (`self` for this node).
+    pub connection: String,
+}
+
+/// The admin view of the cluster from this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub node_id: NodeId,
+    /// Shard count.
+    pub shards: u32,
+    /// Every node.
+    pub nodes: Vec<NodeStatus>,
+    /// The shards this node replicates.
+    pub local_shards: Vec<ShardStatus>,
+    /// Whether every local shard knows its leader.
+    pub ready: bool,
+}
+
+/// A running node's shard groups.
+pub struct Cluster {
+    config: Config,
+    env: NodeEnv,
+    store: Arc<Store>,
+    groups: BTreeMap<ShardId, Raft>,
+    placement: BTreeMap<ShardId, Vec<NodeId>>,
+    transport: Arc<Transport>,
+    leader_hints: Mutex<BTreeMap<ShardId, NodeId>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    /// Opens the store, starts a Raft group for every local shard and initialises the groups
+    /// this node is the preferred leader of (exactly once: only a pristine group initialises,
+    /// and only on its first-ranked replica).
+    pub async fn start(config: Config, env: NodeEnv, transport: Arc<Transport>) -> Result<Arc<Self>, anyhow::Error> {
+        let store_config = StoreConfig {
+            writer: env.writer,
+            durability: env.durability,
+            ..StoreConfig::new(config.data_dir.join("lmdb"))
+        };
+        let store = Store::open(&store_config)?;
+        let node_ids: Vec<NodeId> = config.nodes.iter().map(|node| node.id).collect();
+        let members: BTreeMap<NodeId, NodeInfo> =
+            config.nodes.iter().map(|node| (node.id, NodeInfo { addr: node.peer_addr.to_string() })).collect();
+        let raft_config = Arc::new(raft_config(&config)?);
+        let router = Router::new(transport.clone());
+        let mut placement = BTreeMap::new();
+        let mut groups = BTreeMap::new();
+        for shard in (0..config.shards).map(ShardId) {
+            let shard_replicas = replicas(shard, &node_ids);
+            if shard_replicas.contains(&config.node_id) {
+                let raft = Raft::new(
+                    config.node_id,
+                    raft_config.clone(),
+                    ShardNetworkFactory::new(router.clone(), shard),
+                    store.log(shard),
+                    store.state_machine(shard),
+                )
+                .await?;
+                if shard_replicas[0] == config.node_id && !raft.is_initialized().await? {
+                    let voters: BTreeMap<NodeId, NodeInfo> =
+                        shard_replicas.iter().map(|id| (*id, members[id].clone())).collect();
+                    raft.initialize(voters).await?;
+                    tracing::debug!(%shard, "initialised shard group");
+                }
+                groups.insert(shard, raft);
+            }
+            placement.insert(shard, shard_replicas);
+        }
+        let cluster = Arc::new(Self {
+            config,
+            env,
+            store,
+            groups,
+            placement,
+            transport: transport.clone(),
+            leader_hints: Mutex::new(BTreeMap::new()),
+            metrics: Arc::new(Metrics::default()),
+        });
+        transport.serve(Arc::new(Handler(cluster.clone())));
+        Ok(cluster)
+    }
+
+    /// The node's store (for local reads after [`Cluster::linearizable_read`]).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The local Raft group of `shard`, if this node replicates it.
+    pub fn group(&self, shard: ShardId) -> Option<&Raft> {
+        self.groups.get(&shard)
+    }
+
+    /// Every local group.
+    pub fn groups(&self) -> &BTreeMap<ShardId, Raft> {
+        &self.groups
+    }
+
+    /// The replicas of `shard`, preferred leader first.
+    pub fn replicas(&self, shard: ShardId) -> Option<&[NodeId]> {
+        self.placement.get(&shard).map(Vec::as_slice)
+    }
+
+    /// Commits `command` in `shard`'s log from this node, whichever node leads the shard:
+    /// forwards to the leader, follows leader changes, and retries the same command until
+    /// `proposal_timeout_ms` passes. Commands are idempotent, so a retry after an ambiguous
+    /// failure cannot apply twice.
+    pub async fn propose(&self, shard: ShardId, command: Command) -> Result<Response, ClusterError> {
+        let started = Instant::now();
+        let result = self.propose_inner(shard, command, started).await;
+        match &result {
+            Ok(_) => {
+                self.metrics.proposals_committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.proposal_latency.observe(started.elapsed());
+            }
+            Err(_) => {
+                self.metrics.proposals_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn propose_inner(
+        &self,
+        shard: ShardId,
+        command: Command,
+        started: Instant,
+    ) -> Result<Response, ClusterError> {
+        let replicas = self.placement.get(&shard).ok_or(ClusterError::NoSuchShard(shard))?.clone();
+        let deadline = started + Duration::from_millis(self.config.proposal_timeout_ms);
+        let mut target = self.leader_guess(shard, &replicas);
+        let mut pause = PROPOSE_RETRY_PAUSE;
+        let mut attempt = 0usize;
+        let mut last_failure = String::from("no attempt finished");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::Unavailable { shard, reason: last_failure });
+            }
+            let remaining = deadline - now;
+            attempt += 1;
+            let outcome = if target == self.config.node_id {
+                self.propose_local(shard, command.clone(), remaining).await
+            } else {
+                self.metrics.proposals_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let request = PeerRequest::Propose { shard, command: command.clone() };
+                match self.transport.call(target, &request, None, remaining).await {
+                    Ok(response) => response,
+                    Err(error) => PeerResponse::Failed(error.to_string()),
+                }
+            };
+            match outcome {
+                PeerResponse::Proposed(response) => {
+                    self.leader_hints.lock().expect("hints lock").insert(shard, target);
+                    return Ok(response);
+                }
+                PeerResponse::NotLeader { leader: Some(leader) } if leader != target => {
+                    last_failure = format!("node {target} forwarded to node {leader}");
+                    target = leader;
+                    continue;
+                }
+                PeerResponse::NotLeader { .. } => last_failure = format!("node {target} knows no leader"),
+                PeerResponse::UnknownShard => last_failure = format!("node {target} has no replica"),
+                PeerResponse::Failed(reason) => last_failure = reason,
+                other => last_failure = format!("unexpected answer {other:?}"),
+            }
+            // No usable hint: try the next replica after a growing pause.
+            target = replicas[attempt % replicas.len()];
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(PROPOSE_RETRY_PAUSE_MAX);
+        }
+    }
+
+    fn leader_guess(&self, shard: ShardId, replicas: &[NodeId]) -> NodeId {
+        if let Some(raft) = self.groups.get(&shard) {
+            if let Some(leader) = raft.metrics().borrow_watched().current_leader {
+                return leader;
+            }
+        }
+        if let Some(&hint) = self.leader_hints.lock().expect("hints lock").get(&shard) {
+            return hint;
+        }
+        replicas[0]
+    }
+
+    async fn propose_local(&self, shard: ShardId, command: Command, remaining: Duration) -> PeerResponse {
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        match tokio::time::timeout(remaining, raft.client_write(command)).await {
+            Ok(Ok(written)) => PeerResponse::Proposed(written.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))
+            | Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)))) => {
+                PeerResponse::NotLeader { leader: forward.leader_id }
+            }
+            Ok(Err(error)) => PeerResponse::Failed(error.to_string()),
+            Err(_) => PeerResponse::Failed("proposal timed out".into()),
+        }
+    }
+
+    /// Waits until this node's replica of `shard` has applied everything committed before the
+    /// call (ReadIndex through the leader), so a local read after it is linearizable.
+    pub async fn linearizable_read(&self, shard: ShardId) -> Result<(), ClusterError> {
+        let raft = self.groups.get(&shard).ok_or(ClusterError::NotReplica(shard))?;
+        let replicas = self.placement[&shard].clone();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(self.config.proposal_timeout_ms);
+        let mut target = self.leader_guess(shard, &replicas);
+        let mut attempt = 0usize;
+        let mut last_failure = String::from("no attempt finished");
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            attempt += 1;
+            let answer = if target == self.config.node_id {
+                self.read_index_local(shard, remaining).await
+            } else {
+                self.transport
+                    .call(target, &PeerRequest::ReadIndex { shard }, None, remaining)
+                    .await
+                    .unwrap_or_else(|error| PeerResponse::Failed(error.to_string()))
+            };
+            match answer {
+                PeerResponse::ReadIndex(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return match raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(error) => Err(ClusterError::Unavailable { shard, reason: error.to_string() }),
+                    };
+                }
+                PeerResponse::NotLeader { leader: Some(leader) } if leader != target => {
+                    target = leader;
+                    continue;
+                }
+                other => last_failure = format!("{other:?}"),
+            }
+            target = replicas[attempt % replicas.len()];
+            tokio::time::sleep(PROPOSE_RETRY_PAUSE).await;
+        }
+        Err(ClusterError::Unavailable { shard, reason: last_failure })
+    }
+
+    async fn read_index_local(&self, shard: ShardId, remaining: Duration) -> PeerResponse {
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        match tokio::time::timeout(remaining, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Ok(Ok(read_log_id)) => PeerResponse::ReadIndex(read_log_id.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                PeerResponse::NotLeader { leader: forward.leader_id }
+            }
+            Ok(Err(error)) => PeerResponse::Failed(error.to_string()),
+            Err(_) => PeerResponse::Failed("read index timed out".into()),
+        }
+    }
+
+    async fn handle(&self, request: PeerRequest, snapshot: Vec<u8>) -> PeerResponse {
+        let shard = request.shard();
+        if let PeerRequest::Propose { command, .. } = request {
+            // Forwarded proposals are never forwarded again: the caller follows the hint, so a
+            // stale view cannot bounce a proposal between nodes.
+            return self.propose_local(shard, command, Duration::from_millis(self.config.proposal_timeout_ms)).await;
+        }
+        if let PeerRequest::ReadIndex { .. } = request {
+            return self.read_index_local(shard, Duration::from_millis(self.config.proposal_timeout_ms)).await;
+        }
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        let failed = |error: &dyn std::fmt::Display| PeerResponse::Failed(error.to_string());
+        match request {
+            PeerRequest::AppendEntries { rpc, .. } => {
+                raft.append_entries(rpc).await.map_or_else(|e| failed(&e), PeerResponse::AppendEntries)
+            }
+            PeerRequest::Vote { rpc, .. } => raft.vote(rpc).await.map_or_else(|e| failed(&e), PeerResponse::Vote),
+            PeerRequest::PreVote { rpc, .. } => {
+                raft.pre_vote(rpc).await.map_or_else(|e| failed(&e), PeerResponse::Vote)
+            }
+            PeerRequest::Snapshot { vote, last_log_id, last_membership, .. } => {
+                let snapshot =
+                    natter_raft::types::Snapshot { meta: SnapshotMeta { last_log_id, last_membership }, snapshot };
+                raft.install_full_snapshot(vote, snapshot).await.map_or_else(|e| failed(&e), PeerResponse::Snapshot)
+            }
+            PeerRequest::TransferLeader { rpc, .. } => {
+                raft.handle_transfer_leader(rpc).await.map_or_else(|e| failed(&e), PeerResponse::TransferLeader)
+            }
+            PeerRequest::Propose { .. } | PeerRequest::ReadIndex { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// True when every local shard knows its leader.
+    pub fn is_ready(&self) -> bool {
+        self.groups.values().all(|raft| raft.metrics().borrow_watched().current_leader.is_some())
+    }
+
+    /// The admin view.
+    pub fn status(&self) -> ClusterStatus {
+        let peers = self.transport.peer_states();
+        let nodes = self
+            .config
+            .nodes
+            .iter()
+            .map(|node| NodeStatus {
+                id: node.id,
+                peer_addr: node.peer_addr.to_string(),
+                http_addr: node.http_addr.to_string(),
+                connection: if node.id == self.config.node_id {
+                    "self".into()
+                } else {
+                    match peers.get(&node.id) {
+                        Some(PeerState::Connected) => "connected".into(),
+                        _ => "disconnected".into(),
+                    }
+                },
+            })
+            .collect();
+        let local_shards = self
+            .groups
+            .iter()
+            .map(|(shard, raft)| {
+                let metrics = raft.metrics().borrow_watched().clone();
+                ShardStatus {
+                    shard: shard.0,
+                    replicas: self.placement[shard].clone(),
+                    leader: metrics.current_leader,
+                    term: metrics.current_term,
+                    role: role_name(metrics.state).into(),
+                    commit_index: metrics.local_committed.map_or(0, |id| id.index),
+                    applied_index: metrics.last_applied.map_or(0, |id| id.index),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.config.node_id,
+            shards: self.config.shards,
+            nodes,
+            local_shards,
+            ready: self.is_ready(),
+        }
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        use crate::metrics::counter;
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = String::new();
+        let status = self.status();
+        let _ = writeln!(out, "# HELP natter_shard_commit_index Highest committed log index known to this node.");
+        let _ = writeln!(out, "# TYPE natter_shard_commit_index gauge");
+        for shard in &status.local_shards {
+            let _ = writeln!(out, "natter_shard_commit_index{{shard=\"{}\"}} {}", shard.shard, shard.commit_index);
+        }
+        let _ = writeln!(out, "# HELP natter_shard_applied_index Highest log index applied on this node.");
+        let _ = writeln!(out, "# TYPE natter_shard_applied_index gauge");
+        for shard in &status.local_shards {
+            let _ = writeln!(out, "natter_shard_applied_index{{shard=\"{}\"}} {}", shard.shard, shard.applied_index);
+        }
+        let _ = writeln!(out, "# HELP natter_shard_term Current Raft term of the shard on this node.");
+        let _ = writeln!(out, "# TYPE natter_shard_term gauge");
+        for shard in &status.local_shards {
+            let _ = writeln!(out, "natter_shard_term{{shard=\"{}\"}} {}", shard.shard, shard.term);
+        }
+        let _ =
+            writeln!(out, "# HELP natter_shard_leader Node id of the shard's leader as this node knows it (0: none).");
+        let _ = writeln!(out, "# TYPE natter_shard_leader gauge");
+        for shard in &status.local_shards {
+            let _ = writeln!(out, "natter_shard_leader{{shard=\"{}\"}} {}", shard.shard, shard.leader.unwrap_or(0));
+        }
+        let _ = writeln!(out, "# HELP natter_shard_is_leader 1 if this node leads the shard.");
+        let _ = writeln!(out, "# TYPE natter_shard_is_leader gauge");
+        for shard in &status.local_shards {
+            let leads = u8::from(shard.leader == Some(status.node_id));
+            let _ = writeln!(out, "natter_shard_is_leader{{shard=\"{}\"}} {leads}", shard.shard);
+        }
+        let _ = writeln!(out, "# HELP natter_peer_connected 1 if this node holds a connection to the peer.");
+        let _ = writeln!(out, "# TYPE natter_peer_connected gauge");
+        for node in status.nodes.iter().filter(|node| node.id != status.node_id) {
+            let _ = writeln!(
+                out,
+                "natter_peer_connected{{peer=\"{}\"}} {}",
+                node.id,
+                u8::from(node.connection == "connected")
+            );
+        }
+        counter(
+            &mut out,
+            "natter_proposals_committed_total",
+            "Proposals that committed.",
+            self.metrics.proposals_committed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "natter_proposals_failed_total",
+            "Proposals that gave up as unavailable.",
+            self.metrics.proposals_failed.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "natter_proposals_forwarded_total",
+            "Proposal attempts sent to another node.",
+            self.metrics.proposals_forwarded.load(Relaxed),
+        );
+        self.metrics.proposal_latency.render(
+            &mut out,
+            "natter_proposal_seconds",
+            "Time from propose to committed response.",
+        );
+        out
+    }
+
+    /// Graceful shutdown: hands every leadership to another replica, stops the groups, closes
+    /// the transport and the store (the writer finishes what is queued first).
+    pub async fn shutdown(self: &Arc<Self>) {
+        let me = self.config.node_id;
+        let mut handed_off = Vec::new();
+        for (shard, raft) in &self.groups {
+            if raft.metrics().borrow_watched().current_leader != Some(me) {
+                continue;
+            }
+            let Some(&to) = self.placement[shard].iter().find(|&&id| id != me) else {
+                continue;
+            };
+            match raft.trigger().transfer_leader(to).await {
+                Ok(()) => handed_off.push(raft),
+                Err(error) => tracing::warn!(%shard, %error, "leadership hand-off failed"),
+            }
+        }
+        let handoff_deadline = Instant::now() + LEADERSHIP_HANDOFF_TIMEOUT;
+        for raft in handed_off {
+            let remaining = handoff_deadline.saturating_duration_since(Instant::now());
+            let _ = raft
+                .wait(Some(remaining))
+                .metrics(|metrics| metrics.current_leader != Some(me), "leadership handed off")
+                .await;
+        }
+        for raft in self.groups.values() {
+            let _ = raft.shutdown().await;
+        }
+        self.transport.close();
+        let _ = &self.env;
+    }
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, anyhow::Error> {
+    let timings = &config.raft;
+    let raft = openraft::Config {
+        cluster_name: "natter".into(),
+        heartbeat_interval: timings.heartbeat_interval_ms,
+        election_timeout_min: timings.election_timeout_min_ms,
+        election_timeout_max: timings.election_timeout_max_ms,
+        // A batch of 64 maximal (64 KiB) messages stays under the 16 MiB peer frame limit.
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timings.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: timings.logs_kept_after_snapshot,
+        ..Default::default()
+    };
+    Ok(raft.validate()?)
+}
+
+struct Handler(Arc<Cluster>);
+
+impl PeerHandler for Handler {
+    fn handle(&self, request: PeerRequest, snapshot: Vec<u8>) -> BoxFuture<'static, PeerResponse> {
+        let cluster = self.0.clone();
+        Box::pin(async move { cluster.handle(request, snapshot).await })
+    }
+}
+
+/// Every shard id that `node` replicates, for tests and tools.
+pub fn local_shards(node: NodeId, nodes: &[NodeId], shard_count: u32) -> BTreeSet<ShardId> {
+    (0..shard_count).map(ShardId).filter(|&shard| replicas(shard, nodes).contains(&node)).collect()
+}

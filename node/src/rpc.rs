@@ -1,0 +1,177 @@
+//! Inter-node RPC messages and their framing on QUIC streams.
+//!
+//! Every RPC is one bidirectional stream: the caller writes one request frame (and, for a
+//! snapshot, the snapshot's bytes as further frames) and finishes its side; the callee answers
+//! with one response frame. A frame is a `u32` big-endian length and a postcard payload.
+
+use natter_raft::command::{Command, Response};
+use natter_raft::placement::ShardId;
+use natter_raft::types::{LogId, NodeId, StoredMembership, TypeConfig, Vote};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Largest inter-node frame, in bytes. Append batches are capped well below it
+/// (`max_payload_entries` × `BODY_BYTES_MAX`).
+pub const PEER_FRAME_BYTES_MAX: usize = 16 << 20;
+/// Snapshot bytes per frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot a node accepts, in bytes.
+pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// openraft AppendEntries for a shard group.
+    AppendEntries {
+        /// The group.
+        shard: ShardId,
+        /// The request.
+        rpc: AppendEntriesRequest<TypeConfig>,
+    },
+    /// openraft Vote.
+    Vote {
+        /// The group.
+        shard: ShardId,
+        /// The request.
+        rpc: VoteRequest<TypeConfig>,
+    },
+    /// openraft PreVote.
+    PreVote {
+        /// The group.
+        shard: ShardId,
+        /// The request.
+        rpc: VoteRequest<TypeConfig>,
+    },
+    /// A full snapshot; its `bytes` follow in frames of at most [`SNAPSHOT_CHUNK_BYTES`].
+    Snapshot {
+        /// The group.
+        shard: ShardId,
+        /// The leader's vote.
+        vote: Vote,
+        /// Last log id covered by the snapshot.
+        last_log_id: Option<LogId>,
+        /// Membership as of the snapshot.
+        last_membership: StoredMembership,
+        /// Length of the data that follows.
+        bytes: u64,
+    },
+    /// openraft leadership transfer.
+    TransferLeader {
+        /// The group.
+        shard: ShardId,
+        /// The request.
+        rpc: TransferLeaderRequest<TypeConfig>,
+    },
+    /// Propose a command on the callee, which must lead the shard.
+    Propose {
+        /// The group.
+        shard: ShardId,
+        /// The command.
+        command: Command,
+    },
+    /// Confirm leadership and return the index reads must wait for (ReadIndex).
+    ReadIndex {
+        /// The group.
+        shard: ShardId,
+    },
+}
+
+impl PeerRequest {
+    /// The shard the request is for.
+    pub fn shard(&self) -> ShardId {
+        match self {
+            Self::AppendEntries { shard, .. }
+            | Self::Vote { shard, .. }
+            | Self::PreVote { shard, .. }
+            | Self::Snapshot { shard, .. }
+            | Self::TransferLeader { shard, .. }
+            | Self::Propose { shard, .. }
+            | Self::ReadIndex { shard } => *shard,
+        }
+    }
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// AppendEntries result.
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    /// Vote or PreVote result.
+    Vote(VoteResponse<TypeConfig>),
+    /// Snapshot installed (or refused by vote).
+    Snapshot(SnapshotResponse<TypeConfig>),
+    /// Leadership transfer result.
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    /// The command committed with this response.
+    Proposed(Response),
+    /// Reads are linearizable once the local state machine applied this index.
+    ReadIndex(u64),
+    /// The callee does not lead the shard; `leader` is who it believes does.
+    NotLeader {
+        /// The leader the callee knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// The callee holds no replica of the shard.
+    UnknownShard,
+    /// The request failed on the callee.
+    Failed(String),
+}
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameIoError {
+    /// The stream failed or ended early.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// A frame declared more than the limit.
+    #[error("frame of {length} bytes, expected at most {max}")]
+    TooLarge {
+        /// Declared length.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload did not decode.
+    #[error("bad frame: {0}")]
+    Decode(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> Result<(), FrameIoError> {
+    let payload = postcard::to_stdvec(value).map_err(|e| FrameIoError::Decode(e.to_string()))?;
+    if payload.len() > PEER_FRAME_BYTES_MAX {
+        return Err(FrameIoError::TooLarge { length: payload.len(), max: PEER_FRAME_BYTES_MAX });
+    }
+    write_raw(send, &payload).await
+}
+
+/// Writes one frame of raw bytes.
+pub async fn write_raw(send: &mut quinn::SendStream, payload: &[u8]) -> Result<(), FrameIoError> {
+    let length = u32::try_from(payload.len())
+        .map_err(|_| FrameIoError::TooLarge { length: payload.len(), max: PEER_FRAME_BYTES_MAX })?;
+    send.write_all(&length.to_be_bytes()).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
+    send.write_all(payload).await.map_err(|e| FrameIoError::Stream(e.to_string()))
+}
+
+/// Reads one frame's raw bytes.
+pub async fn read_raw(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameIoError> {
+    let mut length = [0u8; 4];
+    recv.read_exact(&mut length).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > PEER_FRAME_BYTES_MAX {
+        return Err(FrameIoError::TooLarge { length, max: PEER_FRAME_BYTES_MAX });
+    }
+    let mut payload = vec![0u8; length];
+    recv.read_exact(&mut payload).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
+    Ok(payload)
+}
+
+/// Reads and decodes one frame.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, FrameIoError> {
+    let payload = read_raw(recv).await?;
+    postcard::from_bytes(&payload).map_err(|e| FrameIoError::Decode(e.to_string()))
+}
