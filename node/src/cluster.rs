@@ -136,6 +136,7 @@ impl Cluster {
         let router = Router::new(transport.clone());
         let mut placement = BTreeMap::new();
         let mut groups = BTreeMap::new();
+        let mut pristine = Vec::new();
         for shard in (0..config.shards).map(ShardId) {
             let shard_replicas = replicas(shard, &node_ids);
             if shard_replicas.contains(&config.node_id) {
@@ -150,8 +151,7 @@ impl Cluster {
                 if shard_replicas[0] == config.node_id && !raft.is_initialized().await? {
                     let voters: BTreeMap<NodeId, NodeInfo> =
                         shard_replicas.iter().map(|id| (*id, members[id].clone())).collect();
-                    raft.initialize(voters).await?;
-                    tracing::debug!(%shard, "initialised shard group");
+                    pristine.push((shard, voters));
                 }
                 groups.insert(shard, raft);
             }
@@ -167,7 +167,18 @@ impl Cluster {
             leader_hints: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(Metrics::default()),
         });
+        // Serve peers before initialising: a group's first membership entry commits only once a
+        // majority of its replicas answer, and they are starting up just like this node.
         transport.serve(Arc::new(Handler(cluster.clone())));
+        for (shard, voters) in pristine {
+            let raft = cluster.groups[&shard].clone();
+            crate::spawn(async move {
+                match raft.initialize(voters).await {
+                    Ok(()) => tracing::debug!(%shard, "initialised shard group"),
+                    Err(error) => tracing::warn!(%shard, %error, "initialising shard group failed"),
+                }
+            });
+        }
         Ok(cluster)
     }
 

@@ -3,11 +3,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+
+use natter_raft::command::Command;
+use natter_raft::placement::ShardId;
 
 use crate::cluster::Cluster;
 
@@ -18,6 +22,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/admin/cluster", get(admin_cluster))
+        .route("/v1/admin/probe", post(admin_probe))
         .with_state(cluster)
 }
 
@@ -39,6 +44,54 @@ async fn metrics(State(cluster): State<Arc<Cluster>>) -> impl IntoResponse {
 
 async fn admin_cluster(State(cluster): State<Arc<Cluster>>) -> impl IntoResponse {
     Json(cluster.status())
+}
+
+/// Query of `POST /v1/admin/probe`.
+#[derive(Debug, serde::Deserialize)]
+struct ProbeQuery {
+    /// One shard; all shards when absent.
+    shard: Option<u32>,
+}
+
+/// One shard's probe result.
+#[derive(Debug, serde::Serialize)]
+struct ProbeResult {
+    shard: u32,
+    committed: bool,
+    millis: f64,
+    error: Option<String>,
+}
+
+/// Proposes a no-op `Probe` command on one or every shard through this node (forwarded to each
+/// leader) and reports whether and how fast it committed: a write health check for operators.
+async fn admin_probe(State(cluster): State<Arc<Cluster>>, Query(query): Query<ProbeQuery>) -> impl IntoResponse {
+    let shard_count = cluster.config().shards;
+    let shards: Vec<u32> = match query.shard {
+        Some(shard) if shard >= shard_count => {
+            return (StatusCode::BAD_REQUEST, format!("no shard {shard}: the cluster has {shard_count}\n"))
+                .into_response();
+        }
+        Some(shard) => vec![shard],
+        None => (0..shard_count).collect(),
+    };
+    let probes = shards.into_iter().map(|shard| {
+        let cluster = cluster.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            let nonce = started.elapsed().as_nanos() as u64 ^ u64::from(shard);
+            let result = cluster.propose(ShardId(shard), Command::Probe { nonce }).await;
+            ProbeResult {
+                shard,
+                committed: result.is_ok(),
+                millis: started.elapsed().as_secs_f64() * 1e3,
+                error: result.err().map(|error| error.to_string()),
+            }
+        }
+    });
+    let results = futures::future::join_all(probes).await;
+    let status =
+        if results.iter().all(|result| result.committed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "node": cluster.config().node_id, "results": results }))).into_response()
 }
 
 /// Binds `addr` and serves until `stop` resolves.

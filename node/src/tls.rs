@@ -232,8 +232,11 @@ fn transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(PEER_STREAMS_MAX.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    transport.keep_alive_interval(Some(Duration::from_secs(1)));
-    transport.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("valid idle timeout")));
+    // A peer that died (SIGKILL, power loss) sends no close; its connection is noticed dead
+    // only by the idle timeout. Keep-alives every 500 ms let a 3 s timeout detect that quickly
+    // without tearing down live but quiet connections.
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    transport.max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("valid idle timeout")));
     transport
 }
 

@@ -64,11 +64,22 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn handle(&self, request: PeerRequest, snapshot: Vec<u8>) -> BoxFuture<'static, PeerResponse>;
 }
 
+/// One peer's connection, shared by every caller. Connecting runs in its own task so that a
+/// caller whose deadline passes (a 200 ms heartbeat, say) never aborts a handshake that the
+/// next caller would need.
 #[derive(Default)]
 struct Slot {
+    state: Mutex<SlotState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
     connection: Option<quinn::Connection>,
+    connecting: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    last_error: String,
 }
 
 /// Connection state of one peer, for metrics and the admin view.
@@ -86,7 +97,7 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     addresses: BTreeMap<NodeId, SocketAddr>,
-    slots: BTreeMap<NodeId, tokio::sync::Mutex<Slot>>,
+    slots: BTreeMap<NodeId, Slot>,
     states: Mutex<BTreeMap<NodeId, PeerState>>,
     rng: Mutex<StdRng>,
 }
@@ -107,7 +118,7 @@ impl Transport {
             env.network.runtime(),
         )
         .map_err(TransportError::Bind)?;
-        let slots = peers.keys().map(|&id| (id, tokio::sync::Mutex::new(Slot::default()))).collect();
+        let slots = peers.keys().map(|&id| (id, Slot::default())).collect();
         let states = peers.keys().map(|&id| (id, PeerState::Disconnected)).collect();
         Ok(Arc::new(Self {
             endpoint,
@@ -133,22 +144,36 @@ impl Transport {
         self.states.lock().expect("states lock").insert(node, state);
     }
 
-    async fn connection(&self, node: NodeId) -> Result<quinn::Connection, CallError> {
+    async fn connection(self: &Arc<Self>, node: NodeId) -> Result<quinn::Connection, CallError> {
         let unreachable = |reason: String| CallError::Unreachable { node, reason };
         let slot = self.slots.get(&node).ok_or_else(|| unreachable("not a peer of this node".into()))?;
-        let mut slot = slot.lock().await;
-        if let Some(connection) = &slot.connection {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
+        loop {
+            let notified = slot.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = slot.state.lock().expect("slot lock");
+                if let Some(connection) = &state.connection {
+                    if connection.close_reason().is_none() {
+                        return Ok(connection.clone());
+                    }
+                    state.connection = None;
+                    self.set_state(node, PeerState::Disconnected);
+                }
+                if !state.connecting {
+                    if state.retry_at.is_some_and(|retry_at| Instant::now() < retry_at) {
+                        return Err(unreachable(format!("backing off after: {}", state.last_error)));
+                    }
+                    state.connecting = true;
+                    let transport = self.clone();
+                    spawn(async move { transport.connect(node).await });
+                }
             }
-            slot.connection = None;
-            self.set_state(node, PeerState::Disconnected);
+            notified.await;
         }
-        if let Some(retry_at) = slot.retry_at {
-            if Instant::now() < retry_at {
-                return Err(unreachable("backing off after a failed connection".into()));
-            }
-        }
+    }
+
+    async fn connect(self: Arc<Self>, node: NodeId) {
         let address = self.addresses[&node];
         let attempt = async {
             let connecting = self
@@ -161,29 +186,34 @@ impl Transport {
             Ok(result) => result,
             Err(_) => Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
         };
-        match result {
-            Ok(connection) => {
-                slot.connection = Some(connection.clone());
-                slot.failures = 0;
-                slot.retry_at = None;
-                self.set_state(node, PeerState::Connected);
-                Ok(connection)
-            }
-            Err(reason) => {
-                slot.failures = slot.failures.saturating_add(1);
-                let exponent = slot.failures.min(16) - 1;
-                let backoff = RECONNECT_BACKOFF_MIN.saturating_mul(1 << exponent).min(RECONNECT_BACKOFF_MAX);
-                let jitter: f64 = self.rng.lock().expect("rng lock").random_range(0.5..1.0);
-                slot.retry_at = Some(Instant::now() + backoff.mul_f64(jitter));
-                Err(unreachable(reason))
+        let slot = &self.slots[&node];
+        {
+            let mut state = slot.state.lock().expect("slot lock");
+            state.connecting = false;
+            match result {
+                Ok(connection) => {
+                    state.connection = Some(connection);
+                    state.failures = 0;
+                    state.retry_at = None;
+                    self.set_state(node, PeerState::Connected);
+                }
+                Err(reason) => {
+                    state.failures = state.failures.saturating_add(1);
+                    let exponent = state.failures.min(16) - 1;
+                    let backoff = RECONNECT_BACKOFF_MIN.saturating_mul(1 << exponent).min(RECONNECT_BACKOFF_MAX);
+                    let jitter: f64 = self.rng.lock().expect("rng lock").random_range(0.5..1.0);
+                    state.retry_at = Some(Instant::now() + backoff.mul_f64(jitter));
+                    state.last_error = reason;
+                }
             }
         }
+        slot.changed.notify_waiters();
     }
 
     /// Sends `request` (with `snapshot` data after it, if any) to `node` and waits for the
     /// answer, at most `deadline` in all.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         node: NodeId,
         request: &PeerRequest,
         snapshot: Option<&[u8]>,

@@ -105,6 +105,11 @@ pub enum Command {
         /// The delivered items.
         ids: Vec<OutboxId>,
     },
+    /// Changes nothing: an operator's write probe that proves the shard can commit.
+    Probe {
+        /// A caller-chosen number, echoed in logs.
+        nonce: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -131,6 +136,7 @@ impl fmt::Display for Command {
             Self::SetLastSeen { user, ts } => write!(f, "last-seen {user}={ts}"),
             Self::SetSettings { user, .. } => write!(f, "settings {user}"),
             Self::AckOutbox { ids } => write!(f, "ack {} outbox items", ids.len()),
+            Self::Probe { nonce } => write!(f, "probe {nonce}"),
         }
     }
 }

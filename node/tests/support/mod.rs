@@ -1,0 +1,167 @@
+//! Real `natter-node` processes on loopback for integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use rand::SeedableRng;
+use serde_json::Value;
+
+/// A free UDP port on loopback (bound, read, released).
+pub fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A free TCP port on loopback.
+pub fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A cluster of node processes in a temp dir.
+pub struct ProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: BTreeMap<u64, PathBuf>,
+    pub http: BTreeMap<u64, SocketAddr>,
+    pub children: BTreeMap<u64, Child>,
+}
+
+impl ProcessCluster {
+    /// Writes certificates and configs for `nodes` nodes with `shards` shards.
+    pub fn new(nodes: u64, shards: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=nodes).collect();
+        let tls_dir = dir.path().join("tls");
+        natter_node::tls::write_cluster_certs(&tls_dir, &ids, &mut rand::rngs::StdRng::seed_from_u64(9)).unwrap();
+        let addresses: Vec<NodeAddress> =
+            ids.iter().map(|&id| NodeAddress { id, peer_addr: free_udp(), http_addr: free_tcp() }).collect();
+        let mut configs = BTreeMap::new();
+        let mut http = BTreeMap::new();
+        for address in &addresses {
+            let config = Config {
+                node_id: address.id,
+                data_dir: dir.path().join(format!("node-{}", address.id)),
+                nodes: addresses.clone(),
+                shards,
+                tls: TlsFiles {
+                    ca_cert: tls_dir.join("ca.pem"),
+                    cert: tls_dir.join(format!("node-{}.pem", address.id)),
+                    key: tls_dir.join(format!("node-{}.key", address.id)),
+                },
+                raft: RaftTimings::default(),
+                proposal_timeout_ms: 5_000,
+                rpc_timeout_ms: 2_000,
+            };
+            let path = dir.path().join(format!("node-{}.toml", address.id));
+            std::fs::write(&path, config.to_toml()).unwrap();
+            configs.insert(address.id, path);
+            http.insert(address.id, address.http_addr);
+        }
+        Self { dir, configs, http, children: BTreeMap::new() }
+    }
+
+    /// Starts node `id` (logs go to `node-<id>.log` in the cluster dir).
+    pub fn start(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_natter-node"))
+            .arg("--config")
+            .arg(&self.configs[&id])
+            .env("NATTER_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERMs node `id` and returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut child = self.children.remove(&id).expect("running");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    /// GET a path on node `id`; `None` if unreachable or not 2xx.
+    pub fn get(&self, id: u64, path: &str) -> Option<String> {
+        let url = format!("http://{}{path}", self.http[&id]);
+        let mut response = ureq::get(&url).config().timeout_global(Some(Duration::from_secs(5))).build().call().ok()?;
+        response.body_mut().read_to_string().ok()
+    }
+
+    /// POST a path on node `id`; the status code and body.
+    pub fn post(&self, id: u64, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.http[&id]);
+        let result = ureq::post(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .send_empty();
+        match result {
+            Ok(mut response) => (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default()),
+            Err(error) => (0, error.to_string()),
+        }
+    }
+
+    /// The admin view of node `id`.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        serde_json::from_str(&self.get(id, "/v1/admin/cluster")?).ok()
+    }
+
+    /// Waits until `/readyz` answers 200 on node `id`.
+    pub fn wait_ready(&self, id: u64, timeout: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.get(id, "/readyz").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {id} not ready after {timeout:?}; log:\n{}", self.log(id));
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Per shard: (leader, applied index) as node `status` reports them.
+pub fn shard_view(status: &Value) -> BTreeMap<u64, (Option<u64>, u64)> {
+    status["local_shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shard| {
+            (shard["shard"].as_u64().unwrap(), (shard["leader"].as_u64(), shard["applied_index"].as_u64().unwrap()))
+        })
+        .collect()
+}
