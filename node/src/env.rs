@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use natter_raft::{Durability, WriterMode};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -79,7 +80,7 @@ pub trait NetworkEnv: Send + Sync + 'static {
     /// The quinn runtime to drive endpoints with.
     fn runtime(&self) -> Arc<dyn quinn::Runtime>;
     /// Binds a UDP socket for a QUIC endpoint.
-    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>>;
+    fn bind_udp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Arc<dyn quinn::AsyncUdpSocket>>>;
     /// Endpoint configuration (the simulator seeds connection ids and reset keys here).
     fn endpoint_config(&self, entropy: &Entropy) -> quinn::EndpointConfig;
 }
@@ -93,9 +94,11 @@ impl NetworkEnv for TokioNetwork {
         Arc::new(quinn::TokioRuntime)
     }
 
-    fn bind_udp(&self, addr: SocketAddr) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-        let socket = std::net::UdpSocket::bind(addr)?;
-        quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+    fn bind_udp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Arc<dyn quinn::AsyncUdpSocket>>> {
+        Box::pin(async move {
+            let socket = std::net::UdpSocket::bind(addr)?;
+            quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+        })
     }
 
     fn endpoint_config(&self, entropy: &Entropy) -> quinn::EndpointConfig {

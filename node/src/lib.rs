@@ -86,7 +86,7 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
     let me = config.me().clone();
     let peers: BTreeMap<_, _> =
         config.nodes.iter().filter(|node| node.id != config.node_id).map(|node| (node.id, node.peer_addr)).collect();
-    let transport = transport::Transport::bind(&env, me.peer_addr, &tls, peers)?;
+    let transport = transport::Transport::bind(&env, me.peer_addr, &tls, peers).await?;
     let peer_addr = transport.local_addr()?;
     let serve_http = env.http;
     let cluster = Cluster::start(config, env, transport).await?;

@@ -104,13 +104,13 @@ pub struct Transport {
 
 impl Transport {
     /// Binds `listen` and prepares connections to `peers` (other nodes only).
-    pub fn bind(
+    pub async fn bind(
         env: &NodeEnv,
         listen: SocketAddr,
         tls: &PeerTls,
         peers: BTreeMap<NodeId, SocketAddr>,
     ) -> Result<Arc<Self>, TransportError> {
-        let socket = env.network.bind_udp(listen).map_err(TransportError::Bind)?;
+        let socket = env.network.bind_udp(listen).await.map_err(TransportError::Bind)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             env.network.endpoint_config(&env.entropy),
             Some(tls.server_config()?),

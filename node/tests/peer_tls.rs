@@ -44,9 +44,9 @@ fn tls(ca_seed: u64, node: u64) -> PeerTls {
     tls_signed_by(ca_seed, ca_seed, node)
 }
 
-fn transport(tls: &PeerTls, peers: BTreeMap<u64, SocketAddr>) -> Arc<Transport> {
+async fn transport(tls: &PeerTls, peers: BTreeMap<u64, SocketAddr>) -> Arc<Transport> {
     let env = NodeEnv::production(PathBuf::from("/nonexistent"));
-    let transport = Transport::bind(&env, "127.0.0.1:0".parse().unwrap(), tls, peers).unwrap();
+    let transport = Transport::bind(&env, "127.0.0.1:0".parse().unwrap(), tls, peers).await.unwrap();
     transport.serve(Arc::new(Nobody));
     transport
 }
@@ -61,23 +61,23 @@ fn a_certificate_from_another_ca_is_refused() {
     runtime.block_on(Runtime::scope(3, async {
         const CLUSTER_CA: u64 = 1;
         const OTHER_CA: u64 = 2;
-        let node_1 = transport(&tls(CLUSTER_CA, 1), BTreeMap::new());
+        let node_1 = transport(&tls(CLUSTER_CA, 1), BTreeMap::new()).await;
         let node_1_addr = node_1.local_addr().unwrap();
 
         // A genuine node 2 gets through.
-        let genuine = transport(&tls(CLUSTER_CA, 2), BTreeMap::from([(1, node_1_addr)]));
+        let genuine = transport(&tls(CLUSTER_CA, 2), BTreeMap::from([(1, node_1_addr)])).await;
         assert!(matches!(ping(&genuine, 1).await, Ok(PeerResponse::UnknownShard)), "genuine peer must be served");
 
         // An impostor node 2 whose certificate another CA signed is refused by node 1 (the
         // impostor trusts the cluster CA, so the refusal is node 1's) ...
-        let impostor = transport(&tls_signed_by(OTHER_CA, CLUSTER_CA, 2), BTreeMap::from([(1, node_1_addr)]));
+        let impostor = transport(&tls_signed_by(OTHER_CA, CLUSTER_CA, 2), BTreeMap::from([(1, node_1_addr)])).await;
         let refused = ping(&impostor, 1).await;
         assert!(refused.is_err(), "node 1 served a peer whose certificate it did not sign: {refused:?}");
 
         // ... and node 1 refuses to talk to it when it is the one dialling.
-        let impostor = transport(&tls(OTHER_CA, 2), BTreeMap::new());
+        let impostor = transport(&tls(OTHER_CA, 2), BTreeMap::new()).await;
         let impostor_addr = impostor.local_addr().unwrap();
-        let dialler = transport(&tls(CLUSTER_CA, 1), BTreeMap::from([(2, impostor_addr)]));
+        let dialler = transport(&tls(CLUSTER_CA, 1), BTreeMap::from([(2, impostor_addr)])).await;
         let refused = ping(&dialler, 2).await;
         assert!(
             matches!(refused, Err(CallError::Unreachable { .. })),
@@ -86,8 +86,8 @@ fn a_certificate_from_another_ca_is_refused() {
 
         // A genuine certificate for the wrong node name is refused too: node 1 dials "node 2"
         // but finds node 3's certificate.
-        let wrong_name = transport(&tls(CLUSTER_CA, 3), BTreeMap::new());
-        let dialler = transport(&tls(CLUSTER_CA, 1), BTreeMap::from([(2, wrong_name.local_addr().unwrap())]));
+        let wrong_name = transport(&tls(CLUSTER_CA, 3), BTreeMap::new()).await;
+        let dialler = transport(&tls(CLUSTER_CA, 1), BTreeMap::from([(2, wrong_name.local_addr().unwrap())])).await;
         let refused = ping(&dialler, 2).await;
         assert!(matches!(refused, Err(CallError::Unreachable { .. })), "wrong node name accepted: {refused:?}");
     }));

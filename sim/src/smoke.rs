@@ -1,0 +1,211 @@
+//! The simulator smoke run: N real nodes as turmoil hosts elect a leader for every shard and
+//! commit a proposal on every shard through every node; the run's trace hash identifies it.
+//!
+//! The trace is the ordered sequence, in simulated time, of every change of a shard's leader
+//! or applied index on every node, and every committed probe. Two runs with the same seed must
+//! produce the same trace, bit for bit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_raft::command::Command;
+use natter_raft::placement::ShardId;
+use natter_raft::types::Runtime;
+use openraft::async_runtime::watch::WatchReceiver;
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+
+use crate::env::sim_env;
+
+/// Port every simulated node listens on for peers.
+pub const PEER_PORT: u16 = 7401;
+
+/// How a smoke run is set up.
+#[derive(Debug, Clone)]
+pub struct SmokeConfig {
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Number of shards.
+    pub shards: u32,
+    /// Simulated time limit.
+    pub limit: Duration,
+}
+
+/// What a smoke run saw.
+#[derive(Debug, Clone)]
+pub struct SmokeOutcome {
+    /// SHA-256 of the trace, hex.
+    pub trace_hash: String,
+    /// The trace lines.
+    pub trace: Vec<String>,
+    /// Per shard, the leader each node last saw.
+    pub leaders: LeaderView,
+    /// Probes committed, per node.
+    pub probes_committed: BTreeMap<u64, usize>,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+}
+
+/// The leader each (node, shard) last saw.
+pub type LeaderView = BTreeMap<(u64, u32), Option<u64>>;
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+fn scratch_dir(seed: u64) -> PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    base.join(format!("natter-sim-{}-{seed}-{run}", std::process::id()))
+}
+
+fn node_name(id: u64) -> String {
+    format!("node{id}")
+}
+
+/// Runs the smoke scenario on a fresh thread whose OS entropy is seeded from the run's seed.
+pub fn run(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
+    let config = config.clone();
+    crate::entropy::on_seeded_thread(config.seed, move || match std::env::var_os("NATTER_SIM_NET_TRACE") {
+        Some(path) => {
+            let file = std::fs::File::create(path).expect("trace file");
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_env_filter("turmoil=trace")
+                .without_time()
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || run_here(&config))
+        }
+        None => run_here(&config),
+    })
+}
+
+fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
+    let dir = scratch_dir(config.seed);
+    let ids: Vec<u64> = (1..=config.nodes).collect();
+    natter_node::tls::write_cluster_certs(&dir.join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(config.seed))?;
+
+    let trace: Arc<Mutex<Vec<String>>> = Arc::default();
+    let leaders: Arc<Mutex<LeaderView>> = Arc::default();
+    let probes: Arc<Mutex<BTreeMap<u64, usize>>> = Arc::default();
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .simulation_duration(config.limit)
+        .tick_duration(Duration::from_millis(1))
+        // turmoil drops datagrams beyond this queue depth silently; QUIC bursts need room.
+        .udp_capacity(1 << 16)
+        .build();
+
+    for &id in &ids {
+        let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
+        let (ids, dir, shards, seed) = (ids.clone(), dir.clone(), config.shards, config.seed);
+        sim.host(node_name(id), move || {
+            let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
+            let (ids, dir) = (ids.clone(), dir.clone());
+            let host_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id);
+            async move {
+                let result = Runtime::scope(host_seed, async move {
+                    let nodes: Vec<NodeAddress> = ids
+                        .iter()
+                        .map(|&other| NodeAddress {
+                            id: other,
+                            peer_addr: SocketAddr::new(turmoil::lookup(node_name(other)), PEER_PORT),
+                            http_addr: "127.0.0.1:0".parse().expect("valid"),
+                        })
+                        .collect();
+                    let node_config = Config {
+                        node_id: id,
+                        data_dir: dir.join(node_name(id)),
+                        nodes,
+                        shards,
+                        tls: TlsFiles {
+                            ca_cert: dir.join("tls/ca.pem"),
+                            cert: dir.join(format!("tls/node-{id}.pem")),
+                            key: dir.join(format!("tls/node-{id}.key")),
+                        },
+                        raft: RaftTimings::default(),
+                        proposal_timeout_ms: 10_000,
+                        rpc_timeout_ms: 2_000,
+                    };
+                    let env = sim_env(host_seed, node_config.data_dir.clone());
+                    let node = natter_node::run_node(node_config, env).await?;
+                    let cluster = node.cluster().clone();
+                    for (shard, raft) in cluster.groups() {
+                        let (shard, mut metrics, trace, leaders) =
+                            (*shard, raft.metrics(), trace.clone(), leaders.clone());
+                        natter_node::spawn(async move {
+                            let mut last = None;
+                            loop {
+                                let seen = {
+                                    let metrics = metrics.borrow_watched();
+                                    (metrics.current_leader, metrics.last_applied.map_or(0, |id| id.index))
+                                };
+                                if last != Some(seen) {
+                                    let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                                    trace
+                                        .lock()
+                                        .expect("trace")
+                                        .push(format!("{at} node{id} {shard} leader={:?} applied={}", seen.0, seen.1));
+                                    leaders.lock().expect("leaders").insert((id, shard.0), seen.0);
+                                    last = Some(seen);
+                                }
+                                if metrics.changed().await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    while !cluster.is_ready() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    for shard in (0..shards).map(ShardId) {
+                        let nonce = id * 1_000_000 + u64::from(shard.0);
+                        let response = cluster.propose(shard, Command::Probe { nonce }).await?;
+                        let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                        trace.lock().expect("trace").push(format!("{at} node{id} probe {shard} -> {response:?}"));
+                        *probes.lock().expect("probes").entry(id).or_default() += 1;
+                    }
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    // Keep serving peers until the simulation ends.
+                    std::future::pending::<()>().await;
+                    Ok::<(), anyhow::Error>(())
+                })
+                .await;
+                result.map_err(|error| error.to_string().into())
+            }
+        });
+    }
+
+    let node_count = ids.len();
+    let done = finished.clone();
+    sim.client("driver", async move {
+        while done.load(Ordering::SeqCst) < node_count {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    });
+    let result = sim.run();
+    let simulated = sim.elapsed();
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|error| anyhow::anyhow!("simulation failed: {error}"))?;
+
+    let trace = trace.lock().expect("trace").clone();
+    let mut hasher = Sha256::new();
+    for line in &trace {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    let trace_hash = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    let leaders = leaders.lock().expect("leaders").clone();
+    let probes_committed = probes.lock().expect("probes").clone();
+    Ok(SmokeOutcome { trace_hash, trace, leaders, probes_committed, simulated })
+}
