@@ -58,6 +58,8 @@ struct ProbeQuery {
 struct ProbeResult {
     shard: u32,
     committed: bool,
+    /// Log index the probe committed at.
+    index: Option<u64>,
     millis: f64,
     error: Option<String>,
 }
@@ -80,9 +82,14 @@ async fn admin_probe(State(cluster): State<Arc<Cluster>>, Query(query): Query<Pr
             let started = tokio::time::Instant::now();
             let nonce = started.elapsed().as_nanos() as u64 ^ u64::from(shard);
             let result = cluster.propose(ShardId(shard), Command::Probe { nonce }).await;
+            let index = match &result {
+                Ok(natter_raft::Response::Probed { index }) => Some(*index),
+                _ => None,
+            };
             ProbeResult {
                 shard,
                 committed: result.is_ok(),
+                index,
                 millis: started.elapsed().as_secs_f64() * 1e3,
                 error: result.err().map(|error| error.to_string()),
             }

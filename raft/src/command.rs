@@ -173,6 +173,11 @@ pub enum Response {
     },
     /// Applied; nothing to report (membership and blank entries, user-shard records).
     Done,
+    /// A probe committed at this log index.
+    Probed {
+        /// The probe's log index.
+        index: u64,
+    },
     /// Refused; nothing was written.
     Rejected(CommandError),
 }

@@ -79,7 +79,7 @@ pub fn apply(
         Command::SetLastSeen { user, ts } => machine.set_last_seen(txn, user, *ts).map(Ok),
         Command::SetSettings { user, settings } => machine.set_settings(txn, user, settings),
         Command::AckOutbox { ids } => machine.ack_outbox(txn, ids).map(Ok),
-        Command::Probe { .. } => Ok(Ok(Response::Done)),
+        Command::Probe { .. } => Ok(Ok(Response::Probed { index })),
     }?;
     Ok(result.unwrap_or_else(Response::Rejected))
 }

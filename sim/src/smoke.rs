@@ -49,6 +49,11 @@ pub struct SmokeOutcome {
     pub leaders: LeaderView,
     /// Probes committed, per node.
     pub probes_committed: BTreeMap<u64, usize>,
+    /// Per shard, the highest log index a probe committed at.
+    pub probe_index: BTreeMap<u32, u64>,
+    /// Per (node, shard): the applied index right after a linearizable read that started once
+    /// every probe had committed. Each must reach the shard's `probe_index`.
+    pub read_applied: BTreeMap<(u64, u32), u64>,
     /// Simulated time the run took.
     pub simulated: Duration,
 }
@@ -95,6 +100,9 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let leaders: Arc<Mutex<LeaderView>> = Arc::default();
     let probes: Arc<Mutex<BTreeMap<u64, usize>>> = Arc::default();
     let finished = Arc::new(AtomicUsize::new(0));
+    let read_done = Arc::new(AtomicUsize::new(0));
+    let probe_index: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
+    let read_applied: Arc<Mutex<BTreeMap<(u64, u32), u64>>> = Arc::default();
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
@@ -106,9 +114,11 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
 
     for &id in &ids {
         let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
+        let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
         let (ids, dir, shards, seed) = (ids.clone(), dir.clone(), config.shards, config.seed);
         sim.host(node_name(id), move || {
             let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
+            let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
             let (ids, dir) = (ids.clone(), dir.clone());
             let host_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id);
             async move {
@@ -172,8 +182,24 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
                         let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
                         trace.lock().expect("trace").push(format!("{at} node{id} probe {shard} -> {response:?}"));
                         *probes.lock().expect("probes").entry(id).or_default() += 1;
+                        if let natter_raft::Response::Probed { index } = response {
+                            let mut highest = probe_index.lock().expect("probe index");
+                            let entry = highest.entry(shard.0).or_default();
+                            *entry = (*entry).max(index);
+                        }
                     }
                     finished.fetch_add(1, Ordering::SeqCst);
+                    // Once every node's probes committed, a linearizable read on any replica
+                    // must see all of them applied locally, followers included.
+                    while finished.load(Ordering::SeqCst) < ids.len() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    for (shard, raft) in cluster.groups() {
+                        cluster.linearizable_read(*shard).await?;
+                        let applied = raft.metrics().borrow_watched().last_applied.map_or(0, |id| id.index);
+                        read_applied.lock().expect("reads").insert((id, shard.0), applied);
+                    }
+                    read_done.fetch_add(1, Ordering::SeqCst);
                     // Keep serving peers until the simulation ends.
                     std::future::pending::<()>().await;
                     Ok::<(), anyhow::Error>(())
@@ -185,7 +211,7 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     }
 
     let node_count = ids.len();
-    let done = finished.clone();
+    let done = read_done.clone();
     sim.client("driver", async move {
         while done.load(Ordering::SeqCst) < node_count {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -207,5 +233,7 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let trace_hash = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
     let leaders = leaders.lock().expect("leaders").clone();
     let probes_committed = probes.lock().expect("probes").clone();
-    Ok(SmokeOutcome { trace_hash, trace, leaders, probes_committed, simulated })
+    let probe_index = probe_index.lock().expect("probe index").clone();
+    let read_applied = read_applied.lock().expect("reads").clone();
+    Ok(SmokeOutcome { trace_hash, trace, leaders, probes_committed, probe_index, read_applied, simulated })
 }
