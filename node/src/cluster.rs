@@ -109,7 +109,6 @@ pub struct ClusterStatus {
 /// A running node's shard groups.
 pub struct Cluster {
     config: Config,
-    env: NodeEnv,
     store: Arc<Store>,
     groups: BTreeMap<ShardId, Raft>,
     placement: BTreeMap<ShardId, Vec<NodeId>>,
@@ -159,7 +158,6 @@ impl Cluster {
         }
         let cluster = Arc::new(Self {
             config,
-            env,
             store,
             groups,
             placement,
@@ -552,7 +550,6 @@ impl Cluster {
             let _ = raft.shutdown().await;
         }
         self.transport.close();
-        let _ = &self.env;
     }
 }
 
