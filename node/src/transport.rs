@@ -248,6 +248,12 @@ impl Transport {
                     // A peer whose certificate the cluster CA did not sign fails here.
                     let connection = match incoming.await {
                         Ok(connection) => connection,
+                        // A dialler that gave up mid-handshake (its peer was still starting)
+                        // is routine; anything else (a bad certificate) is worth a warning.
+                        Err(error @ quinn::ConnectionError::ApplicationClosed(_)) => {
+                            tracing::debug!(%error, "peer abandoned its handshake");
+                            return;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "refused an inbound peer connection");
                             return;

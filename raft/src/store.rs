@@ -296,16 +296,10 @@ impl RaftLogStorage<TypeConfig> for ShardLog {
         self.store.write(move |tables, txn| tables.meta.put(txn, key.as_bytes(), &value)).await
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let key = self.meta_key(meta::COMMITTED);
-        let value = encode(&committed).map_err(to_io)?;
-        self.store.write(move |tables, txn| tables.meta.put(txn, key.as_bytes(), &value)).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let key = self.meta_key(meta::COMMITTED);
-        self.store.read(|tables, txn| Ok(get::<Option<LogId>>(&tables.meta, txn, key.as_bytes())?.flatten()))
-    }
+    // `save_committed` / `read_committed` keep openraft's defaults (not persisted). Persisting
+    // the commit index cost one more fsync in series on every commit (openraft awaits it before
+    // applying); after a restart the leader re-sends the commit index within a heartbeat, and
+    // the state machine's own applied pointer (written with the state) is what recovery needs.
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where

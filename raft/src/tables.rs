@@ -53,7 +53,7 @@ pub const TABLE_COUNT: u32 = 11;
 pub mod meta {
     /// The vote (durable before `save_vote` returns).
     pub const VOTE: u8 = 1;
-    /// The committed log id (saved lazily, as openraft allows).
+    /// Reserved: the committed log id (not persisted; see `ShardLog`).
     pub const COMMITTED: u8 = 2;
     /// The last purged log id.
     pub const LAST_PURGED: u8 = 3;
