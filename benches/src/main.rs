@@ -1,0 +1,359 @@
+//! `natter-bench`: natter's load generator, always measured against a baseline in the same run.
+//!
+//! - `natter-bench propose`: Raft proposals (`Command::Append`) on a loopback cluster of real
+//!   nodes started in this process, from closed-loop proposers.
+//! - `natter-bench etcd-put`: the same closed loop against etcd 3.4 (`/v3/kv/put` through its
+//!   HTTP/JSON gateway), on a 3-member cluster that `benches/etcd-cluster.sh` starts.
+//! - `natter-bench compare`: both, back to back, and the natter/etcd ratios.
+//!
+//! Every run is bounded in time, talks only to 127.0.0.1 and stops by itself. Data goes to a
+//! temp dir on the real disk (a tmpfs would make fsync free and the figures meaningless).
+//! Results are recorded in `docs/BENCHMARKS.md`.
+
+mod etcd;
+mod histogram;
+mod natter;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use natter_raft::types::Runtime;
+use natter_raft::Durability;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter};
+
+use crate::report::RunReport;
+
+/// Longest run per proposer count, in seconds.
+pub const SECONDS_MAX: u64 = 120;
+/// Most concurrent proposers (tasks for natter, threads for etcd).
+pub const PROPOSERS_MAX: usize = 1024;
+/// Most nodes of the natter cluster.
+pub const NODES_MAX: u64 = 5;
+/// Most shards of the natter cluster.
+pub const SHARDS_MAX: u32 = 1024;
+/// Filesystems on which fsync costs nothing, so durability would not be measured.
+const MEMORY_FILESYSTEMS: [&str; 2] = ["tmpfs", "ramfs"];
+
+/// natter's load generator.
+#[derive(Debug, Parser)]
+#[command(name = "natter-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Proposals (message appends) on a loopback natter cluster started in this process.
+    Propose(ProposeArgs),
+    /// Puts into a 3-member etcd 3.4 cluster on loopback (the baseline).
+    EtcdPut(EtcdArgs),
+    /// Both, back to back, with a table of natter/etcd ratios.
+    Compare(CompareArgs),
+}
+
+/// Options every command shares.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Concurrent closed-loop proposers; one run per value, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    proposers: Vec<usize>,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Where the temp data dirs go; must be on a real disk (not tmpfs).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct NatterArgs {
+    /// Nodes in the cluster (shards are replicated on min(3, nodes)).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Shards (Raft groups).
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
+    /// Bytes of each message body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Which node each proposal goes to: the next in turn (most are forwarded to the leader),
+    /// or the shard's leader (none forwarded; a diagnostic).
+    #[arg(long, value_enum, default_value = "round-robin")]
+    route: natter::Route,
+    /// Skip fsync on commit (a diagnostic: shows what fsync costs; not comparable with etcd).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+#[derive(Debug, Args)]
+struct EtcdOnlyArgs {
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Client URLs of a running etcd cluster (loopback only); without them a 3-member cluster
+    /// is started with the script for the duration of the command.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// The script that starts and stops etcd.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/etcd-cluster.sh"))]
+    etcd_script: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ProposeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    natter: NatterArgs,
+}
+
+#[derive(Debug, Args)]
+struct EtcdArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    etcd: EtcdOnlyArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    natter: NatterArgs,
+    #[command(flatten)]
+    etcd: EtcdOnlyArgs,
+}
+
+/// Switches logging off once measuring is over, unless `NATTER_LOG` asked for logs: stopping
+/// three nodes at once makes openraft log an error for every message to a stopped group.
+static QUIET_LOGS: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+fn quiet_logs() {
+    if let Some(quiet) = QUIET_LOGS.get() {
+        quiet();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let (filter, explicit) = match EnvFilter::try_from_env("NATTER_LOG") {
+        Ok(filter) => (filter, true),
+        Err(_) => (EnvFilter::new("warn,openraft=error"), false),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry().with(filter).with(fmt::layer().with_writer(std::io::stderr)).init();
+    if !explicit {
+        let _ = QUIET_LOGS.set(Box::new(move || {
+            let _ = handle.reload(EnvFilter::new("off"));
+        }));
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Propose(args) => {
+            check_run(&args.run)?;
+            check_natter(&args.natter)?;
+            print_machine(&args.run.dir);
+            let reports = propose(&args.run, &args.natter)?;
+            println!("\n{}", report::runs_table(&reports));
+        }
+        Commands::EtcdPut(args) => {
+            check_run(&args.run)?;
+            check_etcd(&args.etcd)?;
+            print_machine(&args.run.dir);
+            let reports = etcd_puts(&args.run, &args.etcd)?;
+            println!("\n{}", report::runs_table(&reports));
+        }
+        Commands::Compare(args) => {
+            check_run(&args.run)?;
+            check_natter(&args.natter)?;
+            check_etcd(&args.etcd)?;
+            print_machine(&args.run.dir);
+            let natter = propose(&args.run, &args.natter)?;
+            let etcd = etcd_puts(&args.run, &args.etcd)?;
+            let all: Vec<RunReport> = natter.iter().chain(&etcd).cloned().collect();
+            println!("\n{}", report::runs_table(&all));
+            println!("{}", report::ratio_table(&natter, &etcd));
+            println!("(throughput ratio > 1 and latency ratios < 1 favour natter)");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses options outside the limits, and a data dir on a memory filesystem.
+fn check_run(run: &RunArgs) -> anyhow::Result<()> {
+    if run.proposers.is_empty() || run.proposers.iter().any(|&count| count == 0 || count > PROPOSERS_MAX) {
+        bail!("--proposers must list counts in 1..={PROPOSERS_MAX}, got {:?}", run.proposers);
+    }
+    if run.seconds == 0 || run.seconds > SECONDS_MAX {
+        bail!("--seconds must be in 1..={SECONDS_MAX}, got {}", run.seconds);
+    }
+    let dir = run.dir.canonicalize().with_context(|| format!("--dir {}", run.dir.display()))?;
+    if let Some(filesystem) = filesystem_of(&dir) {
+        if MEMORY_FILESYSTEMS.contains(&filesystem.as_str()) {
+            bail!("--dir {} is on {filesystem}, where fsync is free; pick a dir on a real disk", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Refuses natter options outside the limits.
+fn check_natter(natter: &NatterArgs) -> anyhow::Result<()> {
+    if natter.nodes == 0 || natter.nodes > NODES_MAX {
+        bail!("--nodes must be in 1..={NODES_MAX}, got {}", natter.nodes);
+    }
+    if natter.shards == 0 || natter.shards > SHARDS_MAX {
+        bail!("--shards must be in 1..={SHARDS_MAX}, got {}", natter.shards);
+    }
+    if natter.body_bytes == 0 || natter.body_bytes > natter_proto::limits::BODY_BYTES_MAX {
+        bail!("--body-bytes must be in 1..={}, got {}", natter_proto::limits::BODY_BYTES_MAX, natter.body_bytes);
+    }
+    Ok(())
+}
+
+/// Refuses etcd options outside the limits, and endpoints off this machine.
+fn check_etcd(etcd: &EtcdOnlyArgs) -> anyhow::Result<()> {
+    if etcd.value_bytes == 0 || etcd.value_bytes > natter_proto::limits::BODY_BYTES_MAX {
+        bail!("--value-bytes must be in 1..={}, got {}", natter_proto::limits::BODY_BYTES_MAX, etcd.value_bytes);
+    }
+    for endpoint in &etcd.endpoints {
+        etcd::check_loopback(endpoint)?;
+    }
+    Ok(())
+}
+
+/// Runs the natter proposal benchmark once per proposer count on one cluster.
+fn propose(run: &RunArgs, natter: &NatterArgs) -> anyhow::Result<Vec<RunReport>> {
+    let durability = if natter.no_fsync { Durability::NoSync } else { Durability::Sync };
+    println!(
+        "natter: {} nodes on 127.0.0.1, {} shards, {}-byte bodies, group commit {}, route {}, {} s per run",
+        natter.nodes,
+        natter.shards,
+        natter.body_bytes,
+        if natter.no_fsync { "WITHOUT fsync (diagnostic)" } else { "+ fsync" },
+        natter.route.name(),
+        run.seconds
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The node code spawns through openraft's seeded runtime, which must be entered first.
+    let seed: u64 = rand::random();
+    let duration = Duration::from_secs(run.seconds);
+    let reports = runtime.block_on(Runtime::scope(seed, async {
+        let started = tokio::time::Instant::now();
+        let cluster = natter::LoopbackCluster::start(&run.dir, natter.nodes, natter.shards, durability).await?;
+        let ready = cluster.wait_ready(natter::READY_TIMEOUT).await;
+        let mut reports = Vec::new();
+        if ready.is_ok() {
+            println!("natter: every shard has a leader on every node after {:.2} s", started.elapsed().as_secs_f64());
+            for (index, &proposers) in run.proposers.iter().enumerate() {
+                let report = cluster.run(index, proposers, natter.body_bytes, natter.route, duration).await;
+                println!("{}", report.line());
+                reports.push(report);
+            }
+        }
+        quiet_logs();
+        cluster.shutdown().await;
+        ready.map(|_| reports)
+    }));
+    runtime.shutdown_timeout(natter::SHUTDOWN_TIMEOUT);
+    reports
+}
+
+/// Runs the etcd put benchmark once per proposer count, on the given endpoints or on a cluster
+/// started for the purpose.
+fn etcd_puts(run: &RunArgs, etcd: &EtcdOnlyArgs) -> anyhow::Result<Vec<RunReport>> {
+    let mut started_cluster = None;
+    let endpoints = if etcd.endpoints.is_empty() {
+        let cluster = etcd::EtcdCluster::start(&etcd.etcd_script, &run.dir)?;
+        started_cluster.insert(cluster).endpoints().to_vec()
+    } else {
+        etcd.endpoints.clone()
+    };
+    println!(
+        "etcd: {} members ({}), {}-byte values, {} s per run",
+        endpoints.len(),
+        endpoints.join(","),
+        etcd.value_bytes,
+        run.seconds
+    );
+    let duration = Duration::from_secs(run.seconds);
+    let mut reports = Vec::new();
+    for (index, &clients) in run.proposers.iter().enumerate() {
+        let report = etcd::run_puts(&endpoints, index, clients, etcd.value_bytes, duration);
+        println!("{}", report.line());
+        reports.push(report);
+    }
+    if let Some(mut cluster) = started_cluster {
+        cluster.stop();
+    }
+    Ok(reports)
+}
+
+/// Prints what the figures depend on: CPU, cores, load, and the data dir's filesystem.
+fn print_machine(dir: &Path) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':'])))
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let filesystem = dir.canonicalize().ok().and_then(|dir| filesystem_of(&dir)).unwrap_or_else(|| "unknown".into());
+    println!(
+        "machine: {model}, {cores} cores, load average {}; data under {} ({filesystem})",
+        load.join(" "),
+        dir.display()
+    );
+}
+
+/// The filesystem type of the mount holding `path` (absolute, canonical), from
+/// `/proc/self/mounts`.
+fn filesystem_of(path: &Path) -> Option<String> {
+    mount_type(&std::fs::read_to_string("/proc/self/mounts").ok()?, path)
+}
+
+/// The type of the longest mount point in `mounts` (the `/proc/self/mounts` format) that
+/// contains `path`.
+fn mount_type(mounts: &str, path: &Path) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_device, mount_point, filesystem) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((mount_point, filesystem))
+        })
+        .filter(|(mount_point, _)| path.starts_with(mount_point))
+        .max_by_key(|(mount_point, _)| mount_point.len())
+        .map(|(_, filesystem)| filesystem.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_containing_mount_point_wins() {
+        let mounts = "/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\ntmpfs /tmpx tmpfs rw 0 0\n";
+        assert_eq!(mount_type(mounts, Path::new("/dev/shm/a")).as_deref(), Some("tmpfs"));
+        assert_eq!(mount_type(mounts, Path::new("/tmp/a")).as_deref(), Some("ext4"));
+        assert_eq!(mount_type(mounts, Path::new("/tmpx")).as_deref(), Some("tmpfs"));
+        assert_eq!(mount_type("", Path::new("/")), None);
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from(["natter-bench", "compare", "--seconds", "2", "--proposers", "1,8"]).unwrap();
+        let Commands::Compare(args) = cli.command else { panic!("expected compare") };
+        assert_eq!(args.run.proposers, [1, 8]);
+        assert_eq!(args.run.seconds, 2);
+        assert_eq!(args.natter.shards, 64);
+        assert!(args.etcd.endpoints.is_empty());
+    }
+}

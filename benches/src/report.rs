@@ -1,0 +1,156 @@
+//! What one run measured, and how runs are printed and compared.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::histogram::LatencyHistogram;
+
+/// The outcome of one closed-loop run of one system at one concurrency.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// What was measured (`natter` or `etcd`).
+    pub system: &'static str,
+    /// Concurrent closed-loop clients.
+    pub proposers: usize,
+    /// From the common start until the last client stopped.
+    pub elapsed: Duration,
+    /// Latency of every successful operation.
+    pub latencies: LatencyHistogram,
+    /// Operations that failed (including setup operations that failed).
+    pub errors: u64,
+    /// The first failure, for the printout.
+    pub first_error: Option<String>,
+    /// A system-specific remark (for natter: how many proposals were forwarded).
+    pub note: Option<String>,
+}
+
+impl RunReport {
+    /// Successful operations per second over the run.
+    pub fn per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds == 0.0 {
+            0.0
+        } else {
+            self.latencies.count() as f64 / seconds
+        }
+    }
+
+    /// One line for the console.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{:<6} proposers={:<4} ok={:<8} {:>10.0}/s  p50={:.3} ms  p99={:.3} ms  max={:.3} ms  errors={} ({:.2} s)",
+            self.system,
+            self.proposers,
+            self.latencies.count(),
+            self.per_second(),
+            milliseconds(self.latencies.quantile(0.5)),
+            milliseconds(self.latencies.quantile(0.99)),
+            milliseconds(self.latencies.max()),
+            self.errors,
+            self.elapsed.as_secs_f64(),
+        );
+        if let Some(note) = &self.note {
+            let _ = write!(line, "  [{note}]");
+        }
+        if let Some(error) = &self.first_error {
+            let _ = write!(line, "\n       first error: {error}");
+        }
+        line
+    }
+}
+
+/// A duration in milliseconds, for printing.
+pub fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// A Markdown table of every run.
+pub fn runs_table(reports: &[RunReport]) -> String {
+    let mut out = String::from(
+        "| system | proposers | ops/s | p50 ms | p99 ms | max ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for report in reports {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+            report.system,
+            report.proposers,
+            report.per_second(),
+            milliseconds(report.latencies.quantile(0.5)),
+            milliseconds(report.latencies.quantile(0.99)),
+            milliseconds(report.latencies.max()),
+            report.errors,
+        );
+    }
+    out
+}
+
+/// A Markdown table of `ours / baseline` per proposer count present in both. A throughput ratio
+/// above 1 and latency ratios below 1 favour `ours`.
+pub fn ratio_table(ours: &[RunReport], baseline: &[RunReport]) -> String {
+    let (name, base_name) = match (ours.first(), baseline.first()) {
+        (Some(a), Some(b)) => (a.system, b.system),
+        _ => return String::from("(no runs to compare)\n"),
+    };
+    let mut out = format!(
+        "| proposers | throughput {name}/{base_name} | p50 {name}/{base_name} | p99 {name}/{base_name} |\n| ---: | ---: | ---: | ---: |\n"
+    );
+    for mine in ours {
+        let Some(theirs) = baseline.iter().find(|report| report.proposers == mine.proposers) else {
+            continue;
+        };
+        let ratio = |a: f64, b: f64| if b == 0.0 { "n/a".to_string() } else { format!("{:.2}×", a / b) };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            mine.proposers,
+            ratio(mine.per_second(), theirs.per_second()),
+            ratio(mine.latencies.quantile(0.5).as_secs_f64(), theirs.latencies.quantile(0.5).as_secs_f64()),
+            ratio(mine.latencies.quantile(0.99).as_secs_f64(), theirs.latencies.quantile(0.99).as_secs_f64()),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(system: &'static str, proposers: usize, latency_micros: u64, operations: u64) -> RunReport {
+        let mut latencies = LatencyHistogram::default();
+        for _ in 0..operations {
+            latencies.record(Duration::from_micros(latency_micros));
+        }
+        RunReport {
+            system,
+            proposers,
+            elapsed: Duration::from_secs(1),
+            latencies,
+            errors: 0,
+            first_error: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_runs_by_proposer_count() {
+        let ours = [report("natter", 1, 500, 2000), report("natter", 64, 4000, 16000)];
+        let baseline = [report("etcd", 64, 8000, 8000), report("etcd", 1, 1000, 1000)];
+        let table = ratio_table(&ours, &baseline);
+        assert!(table.contains("| 1 | 2.00× | 0.50× | 0.50× |"), "{table}");
+        assert!(table.contains("| 64 | 2.00× | 0.50× | 0.50× |"), "{table}");
+    }
+
+    #[test]
+    fn a_missing_baseline_run_is_left_out() {
+        let table = ratio_table(&[report("natter", 8, 500, 10)], &[report("etcd", 1, 500, 10)]);
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert_eq!(ratio_table(&[], &[]), "(no runs to compare)\n");
+    }
+
+    #[test]
+    fn runs_table_has_a_row_per_run() {
+        let table = runs_table(&[report("natter", 1, 500, 2000)]);
+        assert!(table.contains("| natter | 1 | 2000 | 0.500 | 0.500 | 0.500 | 0 |"), "{table}");
+    }
+}
