@@ -21,7 +21,9 @@ use crate::spawn;
 use crate::tls::{node_name, PeerTls, TlsError};
 
 /// Deadline for establishing a connection to a peer.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// (A peer still starting loses the first Initial packets; QUIC retransmits after about a
+/// second, so a shorter deadline would abandon handshakes that were about to succeed.)
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Shortest wait before reconnecting to a peer that failed.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest wait before reconnecting.
@@ -251,6 +253,13 @@ impl Transport {
                         // A dialler that gave up mid-handshake (its peer was still starting)
                         // is routine; anything else (a bad certificate) is worth a warning.
                         Err(error @ quinn::ConnectionError::ApplicationClosed(_)) => {
+                            tracing::debug!(%error, "peer abandoned its handshake");
+                            return;
+                        }
+                        Err(quinn::ConnectionError::ConnectionClosed(close))
+                            if close.error_code == quinn::TransportErrorCode::APPLICATION_ERROR =>
+                        {
+                            let error = quinn::ConnectionError::ConnectionClosed(close);
                             tracing::debug!(%error, "peer abandoned its handshake");
                             return;
                         }
