@@ -1,0 +1,27 @@
+//! natter-client: the library behind the `natter` command-line tool.
+//!
+//! Today it runs local clusters and reads their status; the connect/resume/retry/dedup client
+//! of DESIGN §1 grows here next, so the CLI, the simulator and the load generator share one
+//! client.
+//!
+//! - [`certs`]: `natter dev certs`, a cluster CA and node certificates.
+//! - [`local`]: `natter cluster up` / `down`, `natter-node` processes on loopback with all
+//!   their files in one directory.
+//! - [`process`]: liveness of recorded node pids, SIGTERM-then-SIGKILL stops.
+//! - [`status`]: `natter status`, the `/v1/admin/cluster` view as JSON or tables.
+//! - [`cli`]: argument parsing and output; the `natter` binary is [`cli::main`].
+//!
+//! **API boundary:** configs and certificates are made with `natter-node`'s own types and
+//! functions (`Config::to_toml`, `tls::write_cluster_certs`), never re-implemented, so what the
+//! CLI writes is exactly what a node reads.
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod cli;
+pub mod error;
+pub mod local;
+pub mod process;
+pub mod status;
+pub mod table;
+
+pub use error::Error;
