@@ -110,6 +110,7 @@ impl LoopbackCluster {
                 raft: RaftTimings::default(),
                 proposal_timeout_ms: PROPOSAL_TIMEOUT_MS,
                 rpc_timeout_ms: 2_000,
+                jwt_secret: None,
             };
             let mut env = NodeEnv::production(data_dir);
             env.http = false;

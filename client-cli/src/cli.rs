@@ -40,6 +40,25 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Show a node's view of the cluster: nodes, shards, leaders.
     Status(StatusArgs),
+    /// Mint a client token (HS256 JWT) for a user, signed with the cluster's secret.
+    Token(TokenArgs),
+}
+
+/// Arguments of `natter token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id the token names (its `sub` claim).
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// How long the token is valid: seconds, or with a unit (90s, 15m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub ttl: String,
+    /// The cluster's secret [env: NATTER_JWT_SECRET].
+    #[arg(long, value_name = "SECRET", env = "NATTER_JWT_SECRET", hide_env_values = true, conflicts_with = "data_dir")]
+    pub secret: Option<String>,
+    /// Read the secret a `natter-node --dev` data dir or a `natter cluster up` dir keeps.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `natter dev …`.
@@ -179,6 +198,24 @@ pub fn run(cli: Cli, out: &mut dyn Write, progress: &mut dyn Write) -> Result<()
             } else {
                 render_down(&args.dir, &report, STOP_GRACE_DEFAULT)
             }
+        }
+        Command::Token(args) => {
+            let secret = match (args.secret, &args.data_dir) {
+                (Some(secret), _) => secret,
+                (None, Some(dir)) => {
+                    let path = dir.join(natter_node::auth::DEV_SECRET_FILE);
+                    std::fs::read_to_string(&path).map_err(Error::io("cannot read", &path))?.trim().to_owned()
+                }
+                (None, None) => return Err(Error::Usage("give --secret, NATTER_JWT_SECRET or --data-dir DIR".into())),
+            };
+            let user = natter_proto::UserId::new(args.user).map_err(|error| Error::Usage(error.to_string()))?;
+            let ttl = natter_node::auth::parse_ttl(&args.ttl).map_err(Error::Usage)?;
+            let key =
+                natter_node::auth::TokenKey::new(secret.as_bytes()).map_err(|error| Error::Usage(error.to_string()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            format!("{}\n", key.issue(&user, now, ttl))
         }
         Command::Status(args) => {
             let address = match (&args.http, &args.dir) {

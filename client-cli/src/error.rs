@@ -7,6 +7,9 @@ use std::time::Duration;
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The arguments do not describe a valid request (a bad user id, duration or secret).
+    #[error("{0}")]
+    Usage(String),
     /// A file or directory operation failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -156,7 +156,8 @@ fn node_id_of(name: &str, suffix: &str) -> Option<u64> {
 
 /// True for names a node's own files have (configs, data directories, logs, pid files).
 fn is_cluster_file(name: &str) -> bool {
-    ["", ".toml", ".log", ".pid"].iter().any(|suffix| node_id_of(name, suffix).is_some())
+    name == natter_node::auth::DEV_SECRET_FILE
+        || ["", ".toml", ".log", ".pid"].iter().any(|suffix| node_id_of(name, suffix).is_some())
 }
 
 /// Free loopback addresses for `count` nodes: a UDP port for the peer endpoint and a TCP port
@@ -176,7 +177,7 @@ pub fn free_loopback_addresses(count: u64) -> std::io::Result<Vec<NodeAddress>> 
 }
 
 /// The config of every node of a cluster in `dir` with these addresses and `shards` shards.
-pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32) -> Vec<Config> {
+pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32, jwt_secret: &str) -> Vec<Config> {
     let tls_dir = dir.tls_dir();
     addresses
         .iter()
@@ -189,6 +190,7 @@ pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32)
                 shards,
                 tls: certs::tls_files(&tls_dir, address.id),
                 raft: RaftTimings::default(),
+                jwt_secret: Some(jwt_secret.to_owned()),
                 ..defaults
             }
         })
@@ -317,7 +319,11 @@ pub fn up(options: &UpOptions, progress: &mut dyn Write) -> Result<UpReport, Err
     certs::write_dev_certs(&dir.tls_dir(), &ids, false)?;
     let addresses =
         free_loopback_addresses(options.nodes).map_err(Error::io("cannot bind a free port on", "127.0.0.1"))?;
-    let configs = cluster_configs(&dir, &addresses, options.shards);
+    // One client-token secret for the whole cluster, kept beside it for `natter token`.
+    let secret_path = dir.root().join(natter_node::auth::DEV_SECRET_FILE);
+    let secret = natter_node::auth::load_or_create_secret(&secret_path, &mut rand::rng())
+        .map_err(Error::io("cannot write", &secret_path))?;
+    let configs = cluster_configs(&dir, &addresses, options.shards, &secret);
     for config in &configs {
         let path = dir.config(config.node_id);
         std::fs::write(&path, config.to_toml()).map_err(Error::io("cannot write", &path))?;
@@ -538,7 +544,7 @@ mod tests {
     fn configs_name_every_node_and_validate() {
         let dir = ClusterDir::new("/tmp/natter-cluster");
         let addresses = free_loopback_addresses(3).unwrap();
-        let configs = cluster_configs(&dir, &addresses, 8);
+        let configs = cluster_configs(&dir, &addresses, 8, "0123456789abcdef0123456789abcdef");
         assert_eq!(configs.len(), 3);
         for (config, address) in configs.iter().zip(&addresses) {
             config.validate().unwrap();

@@ -172,7 +172,10 @@ fn a_node_that_exits_fails_up_with_its_log() {
 
     // What is left (configs, logs) is a stopped cluster's files: refused unless --force.
     let error = local::up(&options(tmp.path(), binary.clone(), Duration::from_secs(30)), &mut Vec::new()).unwrap_err();
-    assert!(error.to_string().contains("already holds a cluster's files (node-1.log, node-1.toml,"), "{error}");
+    assert!(
+        error.to_string().contains("already holds a cluster's files (jwt-secret, node-1.log, node-1.toml,"),
+        "{error}"
+    );
     let forced = UpOptions { force: true, ..options(tmp.path(), binary, Duration::from_secs(30)) };
     assert!(matches!(local::up(&forced, &mut Vec::new()), Err(Error::NodeExited { .. })));
 }

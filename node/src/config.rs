@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "NATTER_";
 
 /// The top-level keys of [`Config`]: only variables naming one of these override the file.
-pub const CONFIG_KEYS: [&str; 8] =
-    ["node_id", "data_dir", "nodes", "shards", "tls", "raft", "proposal_timeout_ms", "rpc_timeout_ms"];
+pub const CONFIG_KEYS: [&str; 9] =
+    ["node_id", "data_dir", "nodes", "shards", "tls", "raft", "proposal_timeout_ms", "rpc_timeout_ms", "jwt_secret"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,10 @@ pub struct Config {
     /// Deadline of one inter-node RPC when openraft sets none.
     #[serde(default = "default_rpc_timeout_ms")]
     pub rpc_timeout_ms: u64,
+    /// The HS256 secret client tokens are signed with (at least 32 bytes), shared by every
+    /// node; usually set with `NATTER_JWT_SECRET`. `--dev` keeps one in `data_dir/jwt-secret`.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
 }
 
 fn default_shards() -> u32 {
@@ -152,6 +156,7 @@ impl Config {
             raft: RaftTimings::default(),
             proposal_timeout_ms: default_proposal_timeout_ms(),
             rpc_timeout_ms: default_rpc_timeout_ms(),
+            jwt_secret: None,
             data_dir,
         }
     }
@@ -187,6 +192,11 @@ impl Config {
         }
         if !ids.contains(&self.node_id) {
             return invalid(format!("node_id {} is not in nodes {ids:?}", self.node_id));
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if let Err(weak) = crate::auth::TokenKey::new(secret.as_bytes()) {
+                return invalid(weak.to_string());
+            }
         }
         let raft = &self.raft;
         if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
@@ -263,6 +273,7 @@ mod tests {
             ("NATTER_SHARDS".to_string(), "8".to_string()),
             ("NATTER_RAFT__HEARTBEAT_INTERVAL_MS".to_string(), "100".to_string()),
             ("NATTER_DATA_DIR".to_string(), "/var/lib/natter".to_string()),
+            ("NATTER_JWT_SECRET".to_string(), "0123456789abcdef0123456789abcdef".to_string()),
             ("HOME".to_string(), "/root".to_string()),
             ("NATTER_LOG".to_string(), "debug".to_string()),
             ("NATTER_TOKEN".to_string(), "abc".to_string()),
@@ -271,6 +282,7 @@ mod tests {
         assert_eq!(config.shards, 8);
         assert_eq!(config.raft.heartbeat_interval_ms, 100);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/natter"));
+        assert_eq!(config.jwt_secret.as_deref(), Some("0123456789abcdef0123456789abcdef"));
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
                         raft: RaftTimings::default(),
                         proposal_timeout_ms: 10_000,
                         rpc_timeout_ms: 2_000,
+                        jwt_secret: None,
                     };
                     let env = sim_env(host_seed, node_config.data_dir.clone());
                     let node = natter_node::run_node(node_config, env).await?;

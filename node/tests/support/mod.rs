@@ -54,6 +54,7 @@ impl ProcessCluster {
                 raft: RaftTimings::default(),
                 proposal_timeout_ms: 5_000,
                 rpc_timeout_ms: 2_000,
+                jwt_secret: None,
             };
             let path = dir.path().join(format!("node-{}.toml", address.id));
             std::fs::write(&path, config.to_toml()).unwrap();
