@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::{replicas, ShardId};
+use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
 use natter_raft::types::{NodeId, NodeInfo, Raft, SnapshotMeta};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -352,6 +353,40 @@ impl Cluster {
         Err(ClusterError::Unavailable { shard, reason: last_failure })
     }
 
+    /// Reads `shard` linearizably from any node: locally (after a ReadIndex) when this node
+    /// replicates the shard, otherwise from a replica, following leader hints and retrying
+    /// other replicas until `proposal_timeout_ms` passes.
+    pub async fn read(&self, shard: ShardId, query: Query) -> Result<QueryResult, ClusterError> {
+        let replicas = self.placement.get(&shard).ok_or(ClusterError::NoSuchShard(shard))?.clone();
+        if self.groups.contains_key(&shard) {
+            return self.read_local(shard, &query).await;
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.config.proposal_timeout_ms);
+        let mut target = self.leader_hints.lock().expect("hints lock").get(&shard).copied().unwrap_or(replicas[0]);
+        let mut attempt = 0usize;
+        let mut last_failure = String::from("no attempt finished");
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            attempt += 1;
+            let request = PeerRequest::Read { shard, query: query.clone() };
+            match self.transport.call(target, &request, None, remaining).await {
+                Ok(PeerResponse::Read(result)) => return Ok(result),
+                Ok(other) => last_failure = format!("node {target} answered {other:?}"),
+                Err(error) => last_failure = error.to_string(),
+            }
+            target = replicas[attempt % replicas.len()];
+            tokio::time::sleep(PROPOSE_RETRY_PAUSE).await;
+        }
+        Err(ClusterError::Unavailable { shard, reason: last_failure })
+    }
+
+    async fn read_local(&self, shard: ShardId, query: &Query) -> Result<QueryResult, ClusterError> {
+        self.linearizable_read(shard).await?;
+        self.store
+            .read_shard(shard, |reader, txn| reader.query(txn, query))
+            .map_err(|error| ClusterError::Unavailable { shard, reason: error.to_string() })
+    }
+
     async fn read_index_local(&self, shard: ShardId, remaining: Duration) -> PeerResponse {
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
@@ -376,6 +411,15 @@ impl Cluster {
         if let PeerRequest::ReadIndex { .. } = request {
             return self.read_index_local(shard, Duration::from_millis(self.config.proposal_timeout_ms)).await;
         }
+        if let PeerRequest::Read { query, .. } = request {
+            if !self.groups.contains_key(&shard) {
+                return PeerResponse::UnknownShard;
+            }
+            return match self.read_local(shard, &query).await {
+                Ok(result) => PeerResponse::Read(result),
+                Err(error) => PeerResponse::Failed(error.to_string()),
+            };
+        }
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
         };
@@ -396,7 +440,9 @@ impl Cluster {
             PeerRequest::TransferLeader { rpc, .. } => {
                 raft.handle_transfer_leader(rpc).await.map_or_else(|e| failed(&e), PeerResponse::TransferLeader)
             }
-            PeerRequest::Propose { .. } | PeerRequest::ReadIndex { .. } => unreachable!("handled above"),
+            PeerRequest::Propose { .. } | PeerRequest::ReadIndex { .. } | PeerRequest::Read { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::ShardId;
+use natter_raft::query::{Query, QueryResult};
 use natter_raft::types::{LogId, NodeId, StoredMembership, TypeConfig, Vote};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
@@ -78,6 +79,13 @@ pub enum PeerRequest {
         /// The group.
         shard: ShardId,
     },
+    /// A linearizable read served by the callee's replica of the shard.
+    Read {
+        /// The group.
+        shard: ShardId,
+        /// What to read.
+        query: Query,
+    },
 }
 
 impl PeerRequest {
@@ -90,7 +98,8 @@ impl PeerRequest {
             | Self::Snapshot { shard, .. }
             | Self::TransferLeader { shard, .. }
             | Self::Propose { shard, .. }
-            | Self::ReadIndex { shard } => *shard,
+            | Self::ReadIndex { shard }
+            | Self::Read { shard, .. } => *shard,
         }
     }
 }
@@ -110,6 +119,8 @@ pub enum PeerResponse {
     Proposed(Response),
     /// Reads are linearizable once the local state machine applied this index.
     ReadIndex(u64),
+    /// The answer to a [`PeerRequest::Read`].
+    Read(QueryResult),
     /// The callee does not lead the shard; `leader` is who it believes does.
     NotLeader {
         /// The leader the callee knows of, if any.

@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod placement;
+pub mod query;
 pub mod snapshot;
 pub mod state_machine;
 pub mod store;

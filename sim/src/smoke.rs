@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_proto::{ConversationId, UserId};
 use natter_raft::command::Command;
-use natter_raft::placement::ShardId;
+use natter_raft::placement::{shard_of_conversation, ShardId};
+use natter_raft::query::{Query, QueryResult};
 use natter_raft::types::Runtime;
 use openraft::async_runtime::watch::WatchReceiver;
 use rand::SeedableRng;
@@ -36,7 +38,13 @@ pub struct SmokeConfig {
     pub shards: u32,
     /// Simulated time limit.
     pub limit: Duration,
+    /// After the probes, node 1 creates a conversation and appends three messages, then every
+    /// node reads its history (forwarded to a replica where the node holds none).
+    pub conversation_reads: bool,
 }
+
+/// The conversation the `conversation_reads` phase writes.
+pub const READ_CONVERSATION: [u8; 16] = [42; 16];
 
 /// What a smoke run saw.
 #[derive(Debug, Clone)]
@@ -54,6 +62,9 @@ pub struct SmokeOutcome {
     /// Per (node, shard): the applied index right after a linearizable read that started once
     /// every probe had committed. Each must reach the shard's `probe_index`.
     pub read_applied: BTreeMap<(u64, u32), u64>,
+    /// Per node, the answers to the `conversation_reads` phase: alice's history read, then an
+    /// outsider's.
+    pub history_reads: BTreeMap<u64, (QueryResult, QueryResult)>,
     /// Simulated time the run took.
     pub simulated: Duration,
 }
@@ -103,6 +114,8 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let read_done = Arc::new(AtomicUsize::new(0));
     let probe_index: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
     let read_applied: Arc<Mutex<BTreeMap<(u64, u32), u64>>> = Arc::default();
+    let written = Arc::new(AtomicUsize::new(0));
+    let history_reads: Arc<Mutex<BTreeMap<u64, (QueryResult, QueryResult)>>> = Arc::default();
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
@@ -115,10 +128,13 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     for &id in &ids {
         let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
         let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
+        let (written, history_reads, conversation_reads) =
+            (written.clone(), history_reads.clone(), config.conversation_reads);
         let (ids, dir, shards, seed) = (ids.clone(), dir.clone(), config.shards, config.seed);
         sim.host(node_name(id), move || {
             let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
             let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
+            let (written, history_reads) = (written.clone(), history_reads.clone());
             let (ids, dir) = (ids.clone(), dir.clone());
             let host_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id);
             async move {
@@ -200,6 +216,10 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
                         let applied = raft.metrics().borrow_watched().last_applied.map_or(0, |id| id.index);
                         read_applied.lock().expect("reads").insert((id, shard.0), applied);
                     }
+                    if conversation_reads {
+                        let result = conversation_phase(&cluster, id, shards, &written).await?;
+                        history_reads.lock().expect("history").insert(id, result);
+                    }
                     read_done.fetch_add(1, Ordering::SeqCst);
                     // Keep serving peers until the simulation ends.
                     std::future::pending::<()>().await;
@@ -236,5 +256,61 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let probes_committed = probes.lock().expect("probes").clone();
     let probe_index = probe_index.lock().expect("probe index").clone();
     let read_applied = read_applied.lock().expect("reads").clone();
-    Ok(SmokeOutcome { trace_hash, trace, leaders, probes_committed, probe_index, read_applied, simulated })
+    let history_reads = history_reads.lock().expect("history").clone();
+    Ok(SmokeOutcome {
+        trace_hash,
+        trace,
+        leaders,
+        probes_committed,
+        probe_index,
+        read_applied,
+        history_reads,
+        simulated,
+    })
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user id")
+}
+
+/// Node 1 writes a conversation with three messages; every node waits for that, then reads
+/// its history as alice (a member) and as mallory (not one).
+async fn conversation_phase(
+    cluster: &natter_node::Cluster,
+    id: u64,
+    shards: u32,
+    written: &AtomicUsize,
+) -> anyhow::Result<(QueryResult, QueryResult)> {
+    let conversation = ConversationId::from_bytes(READ_CONVERSATION);
+    let shard = shard_of_conversation(&conversation, shards);
+    if id == 1 {
+        let create = Command::CreateConversation {
+            conversation,
+            creator: user("alice"),
+            members: [user("alice"), user("bob")].into(),
+            title: Some("reads".into()),
+            direct: false,
+            ts: 1,
+        };
+        cluster.propose(shard, create).await?;
+        for client_seq in 1..=3 {
+            let append = Command::Append {
+                conversation,
+                sender: user("alice"),
+                device: natter_proto::DeviceId::new("phone").expect("valid"),
+                client_seq,
+                ts: 10 + client_seq,
+                body: format!("message {client_seq}"),
+            };
+            cluster.propose(shard, append).await?;
+        }
+        written.store(1, Ordering::SeqCst);
+    }
+    while written.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let history = |reader: &str| Query::History { conversation, user: user(reader), before: None, limit: 50 };
+    let member = cluster.read(shard, history("alice")).await?;
+    let outsider = cluster.read(shard, history("mallory")).await?;
+    Ok((member, outsider))
 }

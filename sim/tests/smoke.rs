@@ -8,7 +8,8 @@ use natter_sim::smoke::{run, SmokeConfig};
 
 #[test]
 fn three_simulated_nodes_elect_commit_and_replay_identically() {
-    let config = SmokeConfig { seed: 7, nodes: 3, shards: 8, limit: Duration::from_secs(120) };
+    let config =
+        SmokeConfig { seed: 7, nodes: 3, shards: 8, limit: Duration::from_secs(120), conversation_reads: false };
     let started = std::time::Instant::now();
     let first = run(&config).expect("first run");
     let wall = started.elapsed();
@@ -51,4 +52,35 @@ fn three_simulated_nodes_elect_commit_and_replay_identically() {
 
     let other = run(&SmokeConfig { seed: 8, ..config }).expect("other seed");
     assert_ne!(first.trace_hash, other.trace_hash, "a different seed explores a different run");
+}
+
+/// Four nodes, so each shard lives on three of them: a history read through the fourth is
+/// forwarded to a replica, and every node sees the same three committed messages; a
+/// non-member is refused wherever it asks.
+#[test]
+fn reads_through_any_node_see_committed_messages() {
+    use natter_proto::{ConversationId, UserId};
+    use natter_raft::placement::{replicas, shard_of_conversation};
+    use natter_raft::query::QueryResult;
+    use natter_raft::CommandError;
+    use natter_sim::smoke::READ_CONVERSATION;
+
+    let config =
+        SmokeConfig { seed: 11, nodes: 4, shards: 8, limit: Duration::from_secs(120), conversation_reads: true };
+    let conversation = ConversationId::from_bytes(READ_CONVERSATION);
+    let holders = replicas(shard_of_conversation(&conversation, 8), &[1, 2, 3, 4]);
+    assert_eq!(holders.len(), 3, "one of the four nodes holds no replica: its read is forwarded");
+    let outcome = run(&config).expect("run");
+    assert_eq!(outcome.history_reads.len(), 4);
+    for (node, (member, outsider)) in &outcome.history_reads {
+        let QueryResult::Messages(messages) = member else { panic!("node {node}: {member:?}") };
+        let seqs: Vec<u64> = messages.iter().map(|message| message.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3], "node {node} (replica: {})", holders.contains(node));
+        assert!(messages.iter().all(|message| message.sender == UserId::new("alice").unwrap()));
+        assert_eq!(
+            outsider,
+            &QueryResult::Rejected(CommandError::NotMember { user: UserId::new("mallory").unwrap(), conversation }),
+            "node {node}"
+        );
+    }
 }
