@@ -56,6 +56,10 @@ pub enum ClientFrame {
         /// Last seq held per conversation; at most [`RESUME_CURSORS_MAX`] entries.
         #[serde(default)]
         resume: BTreeMap<ConversationId, u64>,
+        /// The client's JWT on QUIC, where there are no HTTP headers; browsers authenticate the
+        /// HTTP upgrade instead and leave it out.
+        #[serde(default)]
+        token: Option<String>,
     },
     /// Create a conversation with the sender and `members`. Creating a 1:1 conversation that
     /// already exists returns the existing one.
@@ -516,6 +520,7 @@ mod tests {
     #[test]
     fn resume_cursor_limit() {
         let hello = |count: usize| ClientFrame::Hello {
+            token: None,
             device: DeviceId::new("phone-1").unwrap(),
             resume: (0..count as u64)
                 .map(|n| {

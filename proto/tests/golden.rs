@@ -53,9 +53,18 @@ fn client_examples() -> Vec<(&'static str, ClientFrame)> {
             ClientFrame::Hello {
                 device: device("phone-1"),
                 resume: BTreeMap::from([(conversation_a(), 41), (conversation_b(), 0)]),
+                token: None,
             },
         ),
-        ("client_hello_fresh", ClientFrame::Hello { device: device("phone-1"), resume: BTreeMap::new() }),
+        (
+            "client_hello_quic",
+            ClientFrame::Hello {
+                device: device("phone-1"),
+                resume: BTreeMap::new(),
+                token: Some("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln".into()),
+            },
+        ),
+        ("client_hello_fresh", ClientFrame::Hello { device: device("phone-1"), resume: BTreeMap::new(), token: None }),
         (
             "client_create_conversation",
             ClientFrame::CreateConversation {

@@ -42,8 +42,8 @@ fn users() -> impl Strategy<Value = Vec<UserId>> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (device_id(), prop::collection::btree_map(conversation_id(), any::<u64>(), 0..4))
-            .prop_map(|(device, resume)| ClientFrame::Hello { device, resume }),
+        (device_id(), prop::collection::btree_map(conversation_id(), any::<u64>(), 0..4), prop::option::of(text()))
+            .prop_map(|(device, resume, token)| ClientFrame::Hello { device, resume, token }),
         (text(), users(), prop::option::of(text())).prop_map(|(request_id, members, title)| {
             ClientFrame::CreateConversation { request_id, members, title }
         }),
@@ -432,7 +432,10 @@ fn resume_map_order_does_not_matter_in_json() {
     let low = ConversationId::from_bytes([0; 16]);
     let high = ConversationId::from_bytes([0xff; 16]);
     let text = format!(r#"{{"type":"hello","device":"d","resume":{{"{high}":2,"{low}":1}}}}"#);
-    let expected =
-        ClientFrame::Hello { device: DeviceId::new("d").unwrap(), resume: BTreeMap::from([(low, 1), (high, 2)]) };
+    let expected = ClientFrame::Hello {
+        device: DeviceId::new("d").unwrap(),
+        resume: BTreeMap::from([(low, 1), (high, 2)]),
+        token: None,
+    };
     assert_eq!(decode_client(&text), Ok(expected));
 }
