@@ -19,6 +19,11 @@ use crate::config::TlsFiles;
 
 /// ALPN of inter-node connections.
 pub const PEER_ALPN: &[u8] = b"natter-peer/1";
+/// ALPN of client sessions (DESIGN §5), served on the same endpoint.
+pub const CLIENT_ALPN: &[u8] = b"natter/1";
+/// Names besides `node-<id>` a node certificate carries, so local clients can verify a node
+/// they reach on loopback.
+pub const LOCAL_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 /// Why TLS material could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +108,9 @@ pub fn generate_node(ca_key_pem: &str, node_id: u64, rng: &mut impl RngCore) -> 
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = seeded_key(rng)?;
-    let mut params = CertificateParams::new(vec![node_name(node_id)])?;
+    let mut names = vec![node_name(node_id)];
+    names.extend(LOCAL_NAMES.iter().map(|name| name.to_string()));
+    let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, node_name(node_id));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages =
@@ -193,9 +200,12 @@ impl PeerTls {
         Ok(Arc::new(roots))
     }
 
-    /// The QUIC server config: TLS 1.3, peers must present a certificate from the cluster CA.
+    /// The QUIC server config: TLS 1.3, ALPNs for peers and clients. A certificate a client
+    /// presents must chain to the cluster CA; clients may present none, and the transport
+    /// refuses a peer (`natter-peer/1`) connection that presented none.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider())
+            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let mut crypto = rustls::ServerConfig::builder_with_provider(Self::provider())

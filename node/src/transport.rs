@@ -18,7 +18,7 @@ use crate::rpc::{
     read_frame, read_raw, write_frame, write_raw, PeerRequest, PeerResponse, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::spawn;
-use crate::tls::{node_name, PeerTls, TlsError};
+use crate::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN};
 
 /// Deadline for establishing a connection to a peer.
 /// (A peer still starting loses the first Initial packets; QUIC retransmits after about a
@@ -58,6 +58,12 @@ pub enum CallError {
         /// Why.
         reason: String,
     },
+}
+
+/// Serves client sessions (ALPN `natter/1`) that arrive on the node's endpoint.
+pub trait ClientHandler: Send + Sync + 'static {
+    /// Takes over one client connection.
+    fn serve(&self, connection: quinn::Connection) -> BoxFuture<'static, ()>;
 }
 
 /// Serves inbound RPCs.
@@ -102,6 +108,7 @@ pub struct Transport {
     slots: BTreeMap<NodeId, Slot>,
     states: Mutex<BTreeMap<NodeId, PeerState>>,
     rng: Mutex<StdRng>,
+    clients: Mutex<Option<Arc<dyn ClientHandler>>>,
 }
 
 impl Transport {
@@ -129,6 +136,7 @@ impl Transport {
             slots,
             states: Mutex::new(states),
             rng: Mutex::new(env.entropy.rng("transport-backoff")),
+            clients: Mutex::new(None),
         }))
     }
 
@@ -240,12 +248,21 @@ impl Transport {
         }
     }
 
-    /// Accepts peer connections and serves their RPCs with `handler` until the endpoint closes.
+    /// Routes client connections (ALPN `natter/1`) to `handler` from now on; until this is
+    /// called they are closed.
+    pub fn serve_clients(&self, handler: Arc<dyn ClientHandler>) {
+        *self.clients.lock().expect("clients lock") = Some(handler);
+    }
+
+    /// Accepts connections until the endpoint closes: peers' RPCs go to `handler`, client
+    /// sessions to the [`ClientHandler`].
     pub fn serve(self: &Arc<Self>, handler: Arc<dyn PeerHandler>) {
         let endpoint = self.endpoint.clone();
+        let transport = self.clone();
         spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
+                let transport = transport.clone();
                 spawn(async move {
                     // A peer whose certificate the cluster CA did not sign fails here.
                     let connection = match incoming.await {
@@ -268,6 +285,24 @@ impl Transport {
                             return;
                         }
                     };
+                    let protocol = connection
+                        .handshake_data()
+                        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                        .and_then(|data| data.protocol);
+                    if protocol.as_deref() == Some(CLIENT_ALPN) {
+                        let clients = transport.clients.lock().expect("clients lock").clone();
+                        match clients {
+                            Some(clients) => clients.serve(connection).await,
+                            None => connection.close(1u32.into(), b"not serving clients"),
+                        }
+                        return;
+                    }
+                    // Clients may connect without a certificate; a peer may not.
+                    if connection.peer_identity().is_none() {
+                        tracing::warn!(remote = %connection.remote_address(), "refused a peer connection without a certificate");
+                        connection.close(2u32.into(), b"peer certificate required");
+                        return;
+                    }
                     while let Ok((send, recv)) = connection.accept_bi().await {
                         let handler = handler.clone();
                         spawn(serve_stream(handler, send, recv));

@@ -16,6 +16,7 @@ use natter_node::transport::{CallError, PeerHandler, Transport};
 use natter_raft::placement::ShardId;
 use natter_raft::types::Runtime;
 use rand::SeedableRng;
+use rustls::pki_types::pem::PemObject;
 
 /// Answers every request with `UnknownShard`: enough to prove a request got through.
 struct Nobody;
@@ -55,6 +56,36 @@ async fn ping(from: &Arc<Transport>, to: u64) -> Result<PeerResponse, CallError>
     from.call(to, &PeerRequest::ReadIndex { shard: ShardId(0) }, None, Duration::from_secs(3)).await
 }
 
+/// Dials `addr` on the peer ALPN trusting the cluster CA but presenting no certificate, and
+/// tries one RPC.
+async fn anonymous_peer_call(addr: SocketAddr) -> Result<PeerResponse, String> {
+    let (ca_cert, _) = ca_pem(1);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_cert.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![natter_node::tls::PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attempt = async {
+        let connection = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), addr, "node-1")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let request = PeerRequest::ReadIndex { shard: ShardId(0) };
+        natter_node::rpc::write_frame(&mut send, &request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        natter_node::rpc::read_frame::<PeerResponse>(&mut recv).await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt).await.map_err(|_| "timed out".to_string())?
+}
+
 #[test]
 fn a_certificate_from_another_ca_is_refused() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -83,6 +114,11 @@ fn a_certificate_from_another_ca_is_refused() {
             matches!(refused, Err(CallError::Unreachable { .. })),
             "node 1 accepted a server certificate from another CA: {refused:?}"
         );
+
+        // A peer that presents no certificate at all (as clients may) is refused on the peer
+        // ALPN: the handshake completes, the RPC does not.
+        let refused = anonymous_peer_call(node_1_addr).await;
+        assert!(refused.is_err(), "node 1 served a peer RPC without a certificate: {refused:?}");
 
         // A genuine certificate for the wrong node name is refused too: node 1 dials "node 2"
         // but finds node 3's certificate.
