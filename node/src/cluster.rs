@@ -28,6 +28,10 @@ use crate::transport::{PeerHandler, PeerState, Transport};
 pub const PROPOSE_RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Longest pause between proposal attempts.
 pub const PROPOSE_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// How often a leader relays its shards' outbox items to their users' shards.
+pub const OUTBOX_RELAY_INTERVAL: Duration = Duration::from_millis(50);
+/// Most outbox items relayed per shard per round.
+pub const OUTBOX_BATCH_MAX: usize = 256;
 /// How long shutdown waits for a leadership to move before stopping anyway.
 pub const LEADERSHIP_HANDOFF_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -116,6 +120,7 @@ pub struct Cluster {
     transport: Arc<Transport>,
     leader_hints: Mutex<BTreeMap<ShardId, NodeId>>,
     metrics: Arc<Metrics>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -165,6 +170,7 @@ impl Cluster {
             transport: transport.clone(),
             leader_hints: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(Metrics::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         // Serve peers before initialising: a group's first membership entry commits only once a
         // majority of its replicas answer, and they are starting up just like this node.
@@ -178,7 +184,49 @@ impl Cluster {
                 }
             });
         }
+        let relay = cluster.clone();
+        crate::spawn(async move { relay.relay_outboxes().await });
         Ok(cluster)
+    }
+
+    /// The replicated outbox (DESIGN §3): a membership change commits on the conversation's
+    /// shard with one outbox item per affected user; the shard's leader proposes each item on
+    /// the user's shard and then acknowledges the batch on its own. A relay that dies between
+    /// the two resends the batch later, which the user shard ignores (items are versioned).
+    async fn relay_outboxes(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = self.config.node_id;
+        while !self.stopping.load(Relaxed) {
+            for (shard, raft) in &self.groups {
+                if raft.metrics().borrow_watched().current_leader != Some(me) {
+                    continue;
+                }
+                let items = match self.store.read_shard(*shard, |reader, txn| reader.outbox(txn, OUTBOX_BATCH_MAX)) {
+                    Ok(items) => items,
+                    Err(error) => {
+                        tracing::warn!(%shard, %error, "reading the outbox failed");
+                        continue;
+                    }
+                };
+                let mut delivered = Vec::with_capacity(items.len());
+                for (id, item) in items {
+                    let target = natter_raft::placement::shard_of_user(&item.user, self.config.shards);
+                    match self.propose(target, item.command).await {
+                        Ok(_) => delivered.push(id),
+                        Err(error) => {
+                            tracing::debug!(%shard, %error, "outbox relay will retry");
+                            break;
+                        }
+                    }
+                }
+                if !delivered.is_empty() {
+                    if let Err(error) = self.propose(*shard, Command::AckOutbox { ids: delivered }).await {
+                        tracing::debug!(%shard, %error, "outbox acknowledgement will be retried");
+                    }
+                }
+            }
+            tokio::time::sleep(OUTBOX_RELAY_INTERVAL).await;
+        }
     }
 
     /// The node's store (for local reads after [`Cluster::linearizable_read`]).
@@ -570,6 +618,7 @@ impl Cluster {
     /// Graceful shutdown: hands every leadership to another replica, stops the groups, closes
     /// the transport and the store (the writer finishes what is queued first).
     pub async fn shutdown(self: &Arc<Self>) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let me = self.config.node_id;
         let mut handed_off = Vec::new();
         for (shard, raft) in &self.groups {

@@ -62,12 +62,15 @@ pub struct SmokeOutcome {
     /// Per (node, shard): the applied index right after a linearizable read that started once
     /// every probe had committed. Each must reach the shard's `probe_index`.
     pub read_applied: BTreeMap<(u64, u32), u64>,
-    /// Per node, the answers to the `conversation_reads` phase: alice's history read, then an
-    /// outsider's.
-    pub history_reads: BTreeMap<u64, (QueryResult, QueryResult)>,
+    /// Per node, the answers to the `conversation_reads` phase: alice's history read, an
+    /// outsider's, and alice's conversation list as her user shard has it (fed by the outbox).
+    pub history_reads: BTreeMap<u64, (QueryResult, QueryResult, QueryResult)>,
     /// Simulated time the run took.
     pub simulated: Duration,
 }
+
+/// Answers of the conversation phase on one node.
+type ConversationReads = (QueryResult, QueryResult, QueryResult);
 
 /// The leader each (node, shard) last saw.
 pub type LeaderView = BTreeMap<(u64, u32), Option<u64>>;
@@ -115,7 +118,7 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let probe_index: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
     let read_applied: Arc<Mutex<BTreeMap<(u64, u32), u64>>> = Arc::default();
     let written = Arc::new(AtomicUsize::new(0));
-    let history_reads: Arc<Mutex<BTreeMap<u64, (QueryResult, QueryResult)>>> = Arc::default();
+    let history_reads: Arc<Mutex<BTreeMap<u64, ConversationReads>>> = Arc::default();
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
@@ -280,7 +283,7 @@ async fn conversation_phase(
     id: u64,
     shards: u32,
     written: &AtomicUsize,
-) -> anyhow::Result<(QueryResult, QueryResult)> {
+) -> anyhow::Result<ConversationReads> {
     let conversation = ConversationId::from_bytes(READ_CONVERSATION);
     let shard = shard_of_conversation(&conversation, shards);
     if id == 1 {
@@ -312,5 +315,15 @@ async fn conversation_phase(
     let history = |reader: &str| Query::History { conversation, user: user(reader), before: None, limit: 50 };
     let member = cluster.read(shard, history("alice")).await?;
     let outsider = cluster.read(shard, history("mallory")).await?;
-    Ok((member, outsider))
+    // The outbox relay carries the membership to alice's user shard; wait (bounded) for it.
+    let user_shard = natter_raft::placement::shard_of_user(&user("alice"), shards);
+    let mut listed = QueryResult::Conversations(Vec::new());
+    for _ in 0..100 {
+        listed = cluster.read(user_shard, Query::UserConversations { user: user("alice") }).await?;
+        if matches!(&listed, QueryResult::Conversations(ids) if ids.contains(&conversation)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((member, outsider, listed))
 }

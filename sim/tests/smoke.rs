@@ -56,7 +56,8 @@ fn three_simulated_nodes_elect_commit_and_replay_identically() {
 
 /// Four nodes, so each shard lives on three of them: a history read through the fourth is
 /// forwarded to a replica, and every node sees the same three committed messages; a
-/// non-member is refused wherever it asks.
+/// non-member is refused wherever it asks; the outbox relay lists the conversation on the
+/// creator's user shard.
 #[test]
 fn reads_through_any_node_see_committed_messages() {
     use natter_proto::{ConversationId, UserId};
@@ -72,7 +73,8 @@ fn reads_through_any_node_see_committed_messages() {
     assert_eq!(holders.len(), 3, "one of the four nodes holds no replica: its read is forwarded");
     let outcome = run(&config).expect("run");
     assert_eq!(outcome.history_reads.len(), 4);
-    for (node, (member, outsider)) in &outcome.history_reads {
+    for (node, (member, outsider, listed)) in &outcome.history_reads {
+        assert_eq!(listed, &QueryResult::Conversations(vec![conversation]), "node {node}: alice's user shard lists it");
         let QueryResult::Messages(messages) = member else { panic!("node {node}: {member:?}") };
         let seqs: Vec<u64> = messages.iter().map(|message| message.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3], "node {node} (replica: {})", holders.contains(node));
