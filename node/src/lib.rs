@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod edge;
 pub mod env;
 pub mod http;
 pub mod metrics;
@@ -90,7 +91,19 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
     let transport = transport::Transport::bind(&env, me.peer_addr, &tls, peers).await?;
     let peer_addr = transport.local_addr()?;
     let serve_http = env.http;
-    let cluster = Cluster::start(config, env, transport).await?;
+    let tokens = match &config.jwt_secret {
+        Some(secret) => Some(auth::TokenKey::new(secret.as_bytes())?),
+        None => {
+            tracing::warn!("no jwt_secret configured: client connections will be refused");
+            None
+        }
+    };
+    let (clock, ids) = (env.clock.clone(), env.entropy.rng("conversation-ids"));
+    let cluster = Cluster::start(config, env, transport.clone()).await?;
+    if let Some(tokens) = tokens {
+        let edge = edge::ClientEdge::new(cluster.clone(), tokens, clock, ids);
+        transport.serve_clients(Arc::new(edge::EdgeHandler(edge)));
+    }
     let (mut http_addr, mut stop_http, mut http_task) = (None, None, None);
     if serve_http {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

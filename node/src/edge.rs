@@ -1,0 +1,480 @@
+//! The client QUIC edge (ALPN `natter/1`): one bidirectional stream per session, frames from
+//! `natter_proto::codec`, a JWT in `hello`.
+//!
+//! What a session does today: authenticate (`hello` → `welcome` with the user's conversations,
+//! then everything after each `resume` cursor), `create_conversation` (1:1 with the
+//! deterministic id, or a group), `send` → `send_ok` after commit (exactly once per
+//! `client_seq`, resends answered with the original seq), `ack`/`read` cursor moves,
+//! `history` pages, `ping`. Live push of other people's messages to connected sessions comes
+//! with delivery; until then a client catches up by `hello` with its cursors or by `history`.
+//!
+//! Bad input never ends a session for anyone else: a bad frame gets an `error` and the session
+//! continues; a peer that sends [`BAD_FRAMES_MAX`] bad frames in a row, fails to authenticate,
+//! or never says `hello` is closed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use natter_proto::codec::{encode_frame, FrameDecoder};
+use natter_proto::frames::{ClientFrame, ConversationSummary, ServerFrame};
+use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
+use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
+use natter_raft::command::{Command, Response};
+use natter_raft::placement::{shard_of_conversation, shard_of_user};
+use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
+use rand::rngs::StdRng;
+use rand::RngCore;
+
+use crate::auth::TokenKey;
+use crate::cluster::{Cluster, ClusterError};
+use crate::env::Clock;
+use crate::transport::ClientHandler;
+
+/// How long a new connection may take to open its stream and say `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive undecodable frames after which a session is closed.
+pub const BAD_FRAMES_MAX: u32 = 16;
+/// Most conversations listed in one `welcome`.
+pub const WELCOME_CONVERSATIONS_MAX: usize = 1024;
+/// How long a closing session waits for its last frames to be acknowledged.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Bytes read from the stream at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// QUIC application close codes of client connections.
+pub mod close {
+    /// Authentication failed or never happened.
+    pub const UNAUTHENTICATED: u32 = 0x10;
+    /// Too many sessions for this user.
+    pub const RATE_LIMITED: u32 = 0x11;
+    /// Too many bad frames in a row.
+    pub const BAD_FRAMES: u32 = 0x12;
+}
+
+/// The client edge of one node.
+pub struct ClientEdge {
+    cluster: Arc<Cluster>,
+    tokens: TokenKey,
+    clock: Arc<dyn Clock>,
+    ids: Mutex<StdRng>,
+    sessions: Mutex<BTreeMap<UserId, usize>>,
+}
+
+impl ClientEdge {
+    /// An edge serving `cluster`'s clients, checking tokens with `tokens`.
+    pub fn new(cluster: Arc<Cluster>, tokens: TokenKey, clock: Arc<dyn Clock>, ids: StdRng) -> Arc<Self> {
+        Arc::new(Self { cluster, tokens, clock, ids: Mutex::new(ids), sessions: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn now_seconds(&self) -> u64 {
+        self.clock.wall_ms() / 1000
+    }
+
+    /// Counts a session of `user`; false if the user already holds the maximum.
+    fn admit(&self, user: &UserId) -> bool {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let count = sessions.entry(user.clone()).or_default();
+        if *count >= SESSIONS_PER_USER_MAX {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, user: &UserId) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if let Some(count) = sessions.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(user);
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, connection: quinn::Connection) {
+        let stream = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
+        let Ok(Ok((send, recv))) = stream else {
+            connection.close(close::UNAUTHENTICATED.into(), b"no session stream");
+            return;
+        };
+        let mut session = Session {
+            edge: self.clone(),
+            connection: connection.clone(),
+            send,
+            recv,
+            decoder: FrameDecoder::new(),
+            identity: None,
+            bad_frames: 0,
+        };
+        session.run().await;
+        if let Some((user, _)) = &session.identity {
+            self.release(user);
+        }
+    }
+}
+
+/// Hands client connections to a [`ClientEdge`].
+pub struct EdgeHandler(pub Arc<ClientEdge>);
+
+impl ClientHandler for EdgeHandler {
+    fn serve(&self, connection: quinn::Connection) -> BoxFuture<'static, ()> {
+        let edge = self.0.clone();
+        Box::pin(async move { edge.serve_connection(connection).await })
+    }
+}
+
+/// Why a session ends.
+enum End {
+    /// The client finished its stream or the connection dropped.
+    Gone,
+    /// We closed it with this code and reason.
+    Closed(u32, &'static str),
+}
+
+struct Session {
+    edge: Arc<ClientEdge>,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    identity: Option<(UserId, DeviceId)>,
+    bad_frames: u32,
+}
+
+impl Session {
+    async fn run(&mut self) {
+        let end = self.serve_frames().await;
+        if let End::Closed(code, reason) = end {
+            // Let the last frames (the error saying why) reach the client before closing: a
+            // QUIC close discards stream data still in flight.
+            if self.send.finish().is_ok() {
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
+            }
+            self.connection.close(code.into(), reason.as_bytes());
+        }
+    }
+
+    async fn serve_frames(&mut self) -> End {
+        loop {
+            let read = if self.identity.is_none() {
+                match tokio::time::timeout(HELLO_TIMEOUT, self.recv.read_chunk(READ_CHUNK_BYTES, true)).await {
+                    Ok(read) => read,
+                    Err(_) => return End::Closed(close::UNAUTHENTICATED, "no hello in time"),
+                }
+            } else {
+                self.recv.read_chunk(READ_CHUNK_BYTES, true).await
+            };
+            let chunk = match read {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) | Err(_) => return End::Gone,
+            };
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                let taken = self.decoder.push(rest);
+                rest = &rest[taken..];
+                loop {
+                    match self.decoder.next_frame::<ClientFrame>() {
+                        Ok(Some(frame)) => {
+                            self.bad_frames = 0;
+                            if let Err(end) = self.handle(frame).await {
+                                return end;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            self.bad_frames += 1;
+                            tracing::debug!(%error, "bad client frame");
+                            let reply = ServerFrame::Error {
+                                request_id: None,
+                                conversation: None,
+                                client_seq: None,
+                                code: error.code(),
+                                message: error.to_string(),
+                            };
+                            if self.write(&reply).await.is_err() {
+                                return End::Gone;
+                            }
+                            if self.bad_frames >= BAD_FRAMES_MAX {
+                                return End::Closed(close::BAD_FRAMES, "too many bad frames");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let mut bytes = Vec::new();
+        if let Err(error) = encode_frame(frame, &mut bytes) {
+            tracing::warn!(%error, "dropping an unencodable server frame");
+            return Ok(());
+        }
+        self.send.write_all(&bytes).await.map_err(|_| End::Gone)
+    }
+
+    async fn reply_error(
+        &mut self,
+        request: &ClientFrame,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), End> {
+        self.write(&ServerFrame::error_reply(request, code, message)).await
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), End> {
+        if let Err(error) = frame.validate() {
+            return self.write(&ServerFrame::error_for(&frame, &error)).await;
+        }
+        let Some((user, device)) = self.identity.clone() else {
+            return match frame {
+                ClientFrame::Hello { .. } => self.hello(frame).await,
+                _ => {
+                    self.reply_error(&frame, ErrorCode::HelloRequired, "send hello (with a token) first").await?;
+                    Err(End::Closed(close::UNAUTHENTICATED, "request before hello"))
+                }
+            };
+        };
+        match &frame {
+            ClientFrame::Hello { .. } => {
+                self.reply_error(&frame, ErrorCode::InvalidArgument, "this session already said hello").await
+            }
+            ClientFrame::Ping { nonce } => self.write(&ServerFrame::Pong { nonce: *nonce }).await,
+            ClientFrame::CreateConversation { request_id, members, title } => {
+                let reply = self.create(&user, request_id, members, title.clone()).await;
+                self.answer(&frame, reply).await
+            }
+            ClientFrame::Send { conversation, client_seq, body } => {
+                let command = Command::Append {
+                    conversation: *conversation,
+                    sender: user.clone(),
+                    device: device.clone(),
+                    client_seq: *client_seq,
+                    ts: self.edge.clock.wall_ms(),
+                    body: body.clone(),
+                };
+                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                let reply = match self.edge.cluster.propose(shard, command).await {
+                    Ok(Response::Appended { conversation, seq, ts, .. }) => {
+                        Ok(ServerFrame::SendOk { conversation, client_seq: *client_seq, seq, ts })
+                    }
+                    Ok(other) => Err(refusal(other)),
+                    Err(error) => Err(unavailable(error)),
+                };
+                self.answer(&frame, reply).await
+            }
+            ClientFrame::Ack { conversation, seq } | ClientFrame::Read { conversation, seq } => {
+                let (delivered, read) = match &frame {
+                    ClientFrame::Ack { .. } => (Some(*seq), None),
+                    _ => (None, Some(*seq)),
+                };
+                let command = Command::MoveCursor {
+                    conversation: *conversation,
+                    user: user.clone(),
+                    device: device.clone(),
+                    delivered,
+                    read,
+                };
+                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                match self.edge.cluster.propose(shard, command).await {
+                    // Receipts fan out with delivery; a cursor move itself needs no answer.
+                    Ok(Response::Cursor { .. }) => Ok(()),
+                    Ok(other) => self.answer(&frame, Err(refusal(other))).await,
+                    Err(error) => self.answer(&frame, Err(unavailable(error))).await,
+                }
+            }
+            ClientFrame::History { request_id, conversation, before, limit } => {
+                let query =
+                    Query::History { conversation: *conversation, user: user.clone(), before: *before, limit: *limit };
+                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                let reply = match self.edge.cluster.read(shard, query).await {
+                    Ok(QueryResult::Messages(messages)) => {
+                        Ok(history_frame(request_id.clone(), *conversation, messages))
+                    }
+                    Ok(QueryResult::Rejected(error)) => Err((error.code(), error.to_string())),
+                    Ok(other) => Err((ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+                    Err(error) => Err(unavailable(error)),
+                };
+                self.answer(&frame, reply).await
+            }
+            ClientFrame::Typing { .. } | ClientFrame::Presence { .. } => {
+                self.reply_error(&frame, ErrorCode::InvalidArgument, "typing and presence are not served yet").await
+            }
+        }
+    }
+
+    async fn answer(
+        &mut self,
+        request: &ClientFrame,
+        reply: Result<ServerFrame, (ErrorCode, String)>,
+    ) -> Result<(), End> {
+        match reply {
+            Ok(frame) => self.write(&frame).await,
+            Err((code, message)) => self.reply_error(request, code, message).await,
+        }
+    }
+
+    async fn hello(&mut self, frame: ClientFrame) -> Result<(), End> {
+        let ClientFrame::Hello { device, resume, token } = &frame else { unreachable!("called for hello") };
+        let user = match self.edge.tokens.verify(token.as_deref().unwrap_or(""), self.edge.now_seconds()) {
+            Ok(user) => user,
+            Err(error) => {
+                self.reply_error(&frame, ErrorCode::Unauthenticated, error.to_string()).await?;
+                return Err(End::Closed(close::UNAUTHENTICATED, "unauthenticated"));
+            }
+        };
+        if !self.edge.admit(&user) {
+            let message = format!("{user} already has {SESSIONS_PER_USER_MAX} sessions");
+            self.reply_error(&frame, ErrorCode::RateLimited, message).await?;
+            return Err(End::Closed(close::RATE_LIMITED, "too many sessions"));
+        }
+        self.identity = Some((user.clone(), device.clone()));
+        let conversations = match self.conversations(&user).await {
+            Ok(conversations) => conversations,
+            Err(error) => return self.reply_error(&frame, ErrorCode::Unavailable, error.to_string()).await,
+        };
+        self.write(&ServerFrame::Welcome { user: user.clone(), device: device.clone(), conversations }).await?;
+        for (conversation, after) in resume {
+            self.catch_up(&user, *conversation, *after).await?;
+        }
+        Ok(())
+    }
+
+    /// The user's conversations as `welcome` lists them.
+    async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, ClusterError> {
+        let cluster = &self.edge.cluster;
+        let shards = cluster.config().shards;
+        let ids =
+            match cluster.read(shard_of_user(user, shards), Query::UserConversations { user: user.clone() }).await? {
+                QueryResult::Conversations(ids) => ids,
+                _ => Vec::new(),
+            };
+        let mut summaries = Vec::new();
+        for id in ids.into_iter().take(WELCOME_CONVERSATIONS_MAX) {
+            let query = Query::Conversation { conversation: id, user: user.clone() };
+            // The user shard can briefly list a conversation the user has just left: skip it.
+            if let QueryResult::Conversation(view) = cluster.read(shard_of_conversation(&id, shards), query).await? {
+                summaries.push(ConversationSummary {
+                    id,
+                    last_seq: view.last_seq,
+                    members: view.members,
+                    title: view.title,
+                });
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// Sends every message after `after` in `conversation`, page by page, in seq order.
+    async fn catch_up(&mut self, user: &UserId, conversation: ConversationId, mut after: u64) -> Result<(), End> {
+        let shard = shard_of_conversation(&conversation, self.edge.cluster.config().shards);
+        loop {
+            let query = Query::After { conversation, user: user.clone(), after, limit: CATCH_UP_PAGE_MAX };
+            let page = match self.edge.cluster.read(shard, query).await {
+                Ok(QueryResult::Messages(page)) => page,
+                Ok(QueryResult::Rejected(error)) => {
+                    return self.write(&conversation_error(conversation, error.code(), error.to_string())).await
+                }
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    return self
+                        .write(&conversation_error(conversation, ErrorCode::Unavailable, error.to_string()))
+                        .await
+                }
+            };
+            let full = page.len() as u32 == CATCH_UP_PAGE_MAX;
+            for message in page {
+                debug_assert!(message.seq > after, "catch-up goes forward");
+                after = message.seq;
+                self.write(&ServerFrame::Message(message)).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn create(
+        &self,
+        creator: &UserId,
+        request_id: &str,
+        members: &[UserId],
+        title: Option<String>,
+    ) -> Result<ServerFrame, (ErrorCode, String)> {
+        let mut everyone: BTreeSet<UserId> = members.iter().cloned().collect();
+        everyone.insert(creator.clone());
+        if everyone.len() < MEMBERS_MIN {
+            return Err((ErrorCode::InvalidArgument, format!("a conversation needs someone besides {creator}")));
+        }
+        if everyone.len() > MEMBERS_MAX {
+            return Err((ErrorCode::TooLarge, format!("{} members, expected at most {MEMBERS_MAX}", everyone.len())));
+        }
+        // Two people and no title is the 1:1 conversation, whose id both can derive.
+        let direct = everyone.len() == 2 && title.is_none();
+        let conversation = if direct {
+            let mut pair = everyone.iter();
+            ConversationId::direct(pair.next().expect("two"), pair.next().expect("two"))
+        } else {
+            let mut bytes = [0u8; 16];
+            self.edge.ids.lock().expect("ids lock").fill_bytes(&mut bytes);
+            ConversationId::from_bytes(bytes)
+        };
+        let command = Command::CreateConversation {
+            conversation,
+            creator: creator.clone(),
+            members: everyone,
+            title,
+            direct,
+            ts: self.edge.clock.wall_ms(),
+        };
+        let shard = shard_of_conversation(&conversation, self.edge.cluster.config().shards);
+        match self.edge.cluster.propose(shard, command).await {
+            Ok(Response::Conversation { conversation: view, .. }) => Ok(ServerFrame::Conversation {
+                id: view.id,
+                members: view.members,
+                title: view.title,
+                request_id: Some(request_id.to_owned()),
+            }),
+            Ok(other) => Err(refusal(other)),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+}
+
+fn refusal(response: Response) -> (ErrorCode, String) {
+    match response {
+        Response::Rejected(error) => (error.code(), error.to_string()),
+        other => (ErrorCode::Internal, format!("unexpected result {other:?}")),
+    }
+}
+
+fn unavailable(error: ClusterError) -> (ErrorCode, String) {
+    (error.code(), error.to_string())
+}
+
+fn conversation_error(conversation: ConversationId, code: ErrorCode, message: String) -> ServerFrame {
+    ServerFrame::Error { request_id: None, conversation: Some(conversation), client_seq: None, code, message }
+}
+
+/// A history frame that fits the frame limit: 200 bodies of 64 KiB would not, so the oldest
+/// messages are dropped until it fits (the client pages on with `before`).
+fn history_frame(
+    request_id: String,
+    conversation: ConversationId,
+    mut messages: Vec<natter_proto::MessageRecord>,
+) -> ServerFrame {
+    debug_assert!(messages.len() <= HISTORY_PAGE_MAX as usize);
+    loop {
+        let frame = ServerFrame::History { request_id: request_id.clone(), conversation, messages };
+        let fits = encode_frame(&frame, &mut Vec::new()).is_ok();
+        let ServerFrame::History { messages: back, .. } = frame else { unreachable!("just built") };
+        messages = back;
+        if fits || messages.len() <= 1 {
+            return ServerFrame::History { request_id, conversation, messages };
+        }
+        let drop = messages.len().div_ceil(4);
+        messages.drain(..drop);
+    }
+}

@@ -1,0 +1,325 @@
+//! The client QUIC edge on a real (in-process) node: authentication, conversations, sends
+//! that are exactly-once per `client_seq`, history, catch-up on `hello`, and every class of
+//! bad input answered with its typed error while the session (or at least the node) lives on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_node::env::NodeEnv;
+use natter_proto::codec::{encode_frame, FrameDecoder};
+use natter_proto::frames::{ClientFrame, ServerFrame};
+use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
+use natter_raft::types::Runtime;
+use natter_raft::Durability;
+use rand::SeedableRng;
+use rustls::pki_types::pem::PemObject;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+struct Node {
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    ca_pem: Vec<u8>,
+    handle: Option<natter_node::NodeHandle>,
+}
+
+async fn start_node() -> Node {
+    let dir =
+        tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
+    let tls_dir = dir.path().join("tls");
+    natter_node::tls::write_cluster_certs(&tls_dir, &[1], &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
+    let peer_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = Config {
+        node_id: 1,
+        data_dir: dir.path().join("data"),
+        nodes: vec![NodeAddress { id: 1, peer_addr, http_addr: "127.0.0.1:0".parse().unwrap() }],
+        shards: 8,
+        tls: TlsFiles {
+            ca_cert: tls_dir.join("ca.pem"),
+            cert: tls_dir.join("node-1.pem"),
+            key: tls_dir.join("node-1.key"),
+        },
+        raft: RaftTimings::default(),
+        proposal_timeout_ms: 5_000,
+        rpc_timeout_ms: 2_000,
+        jwt_secret: Some(SECRET.into()),
+    };
+    let mut env = NodeEnv::production(config.data_dir.clone());
+    env.durability = Durability::NoSync;
+    env.http = false;
+    let handle = natter_node::run_node(config, env).await.unwrap();
+    while !handle.cluster().is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let addr = handle.peer_addr();
+    Node { addr, ca_pem: std::fs::read(tls_dir.join("ca.pem")).unwrap(), handle: Some(handle), _dir: dir }
+}
+
+fn token(user: &str) -> String {
+    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    key.issue(&UserId::new(user).unwrap(), now, 3600)
+}
+
+struct Client {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    async fn connect(node: &Node) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&node.ca_pem).unwrap()).unwrap();
+        let mut crypto =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        crypto.alpn_protocols = vec![natter_node::tls::CLIENT_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), node.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = connection.open_bi().await.unwrap();
+        Client { connection, send, recv, decoder: FrameDecoder::new(), _endpoint: endpoint }
+    }
+
+    async fn hello(node: &Node, user: &str, resume: BTreeMap<ConversationId, u64>) -> (Client, ServerFrame) {
+        let mut client = Client::connect(node).await;
+        let hello = ClientFrame::Hello { device: DeviceId::new("phone").unwrap(), resume, token: Some(token(user)) };
+        client.write(&hello).await;
+        let welcome = client.read().await.expect("welcome");
+        (client, welcome)
+    }
+
+    async fn write(&mut self, frame: &ClientFrame) {
+        let mut bytes = Vec::new();
+        encode_frame(frame, &mut bytes).unwrap();
+        self.send.write_all(&bytes).await.unwrap();
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// The next server frame, or `None` if the stream ended or nothing came in 5 s.
+    async fn read(&mut self) -> Option<ServerFrame> {
+        loop {
+            match self.decoder.next_frame::<ServerFrame>() {
+                Ok(Some(frame)) => return Some(frame),
+                Ok(None) => {}
+                Err(error) => panic!("server sent a bad frame: {error}"),
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.recv.read_chunk(64 * 1024, true)).await;
+            match chunk {
+                Ok(Ok(Some(chunk))) => {
+                    let taken = self.decoder.push(&chunk.bytes);
+                    assert_eq!(taken, chunk.bytes.len());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    async fn request(&mut self, frame: &ClientFrame) -> ServerFrame {
+        self.write(frame).await;
+        self.read().await.expect("an answer")
+    }
+
+    async fn closed(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), self.connection.closed()).await.is_ok()
+    }
+}
+
+fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
+    match frame {
+        ServerFrame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn run<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(Runtime::scope(5, future))
+}
+
+#[test]
+fn conversations_sends_history_and_catch_up() {
+    run(async {
+        let mut node = start_node().await;
+        let (mut alice, welcome) = Client::hello(&node, "alice", BTreeMap::new()).await;
+        let ServerFrame::Welcome { user, conversations, .. } = welcome else { panic!("{welcome:?}") };
+        assert_eq!(user, UserId::new("alice").unwrap());
+        assert!(conversations.is_empty());
+
+        // A 1:1 conversation has the deterministic id, and creating it again finds it.
+        let create = ClientFrame::CreateConversation {
+            request_id: "r1".into(),
+            members: vec![UserId::new("bob").unwrap()],
+            title: None,
+        };
+        let created = alice.request(&create).await;
+        let expected = ConversationId::direct(&UserId::new("alice").unwrap(), &UserId::new("bob").unwrap());
+        let ServerFrame::Conversation { id, members, request_id, .. } = &created else { panic!("{created:?}") };
+        assert_eq!((*id, request_id.as_deref()), (expected, Some("r1")));
+        assert_eq!(members.len(), 2);
+        assert_eq!(alice.request(&create).await, created);
+
+        // Sends are answered after commit; a resend of a client_seq returns the original.
+        let send =
+            |client_seq: u64, body: &str| ClientFrame::Send { conversation: expected, client_seq, body: body.into() };
+        let first = alice.request(&send(1, "hi bob")).await;
+        let ServerFrame::SendOk { seq: 1, client_seq: 1, ts, .. } = first else { panic!("{first:?}") };
+        assert_eq!(alice.request(&send(1, "hi bob")).await, first, "a resend returns the original seq and ts");
+        let second = alice.request(&send(2, "lunch?")).await;
+        assert!(matches!(second, ServerFrame::SendOk { seq: 2, .. }), "{second:?}");
+        assert!(matches!(second, ServerFrame::SendOk { ts: later, .. } if later >= ts));
+
+        let history = alice
+            .request(&ClientFrame::History { request_id: "h".into(), conversation: expected, before: None, limit: 50 })
+            .await;
+        let ServerFrame::History { messages, .. } = history else { panic!("{history:?}") };
+        let bodies: Vec<&str> = messages.iter().map(|message| message.body.as_str()).collect();
+        assert_eq!(bodies, ["hi bob", "lunch?"]);
+
+        // Bob's welcome lists the conversation once the outbox relay reached his user shard,
+        // and a resume cursor streams what he has not seen, in order.
+        let mut listed = false;
+        for _ in 0..50 {
+            let (mut bob, welcome) = Client::hello(&node, "bob", BTreeMap::from([(expected, 0)])).await;
+            let ServerFrame::Welcome { conversations, .. } = welcome else { panic!("{welcome:?}") };
+            if let Some(summary) = conversations.iter().find(|summary| summary.id == expected) {
+                assert_eq!(summary.last_seq, 2);
+                listed = true;
+                let one = bob.read().await.expect("catch-up 1");
+                let two = bob.read().await.expect("catch-up 2");
+                assert!(matches!(&one, ServerFrame::Message(m) if m.seq == 1 && m.body == "hi bob"), "{one:?}");
+                assert!(matches!(&two, ServerFrame::Message(m) if m.seq == 2), "{two:?}");
+                // Ping answers on the same session after catch-up.
+                assert_eq!(bob.request(&ClientFrame::Ping { nonce: 9 }).await, ServerFrame::Pong { nonce: 9 });
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(listed, "bob's welcome never listed the conversation");
+        node.handle.take().unwrap().shutdown().await;
+    });
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_touches_nothing() {
+    run(async {
+        let mut node = start_node().await;
+
+        // A request before hello: hello_required, then the connection is closed.
+        let mut early = Client::connect(&node).await;
+        let answer = early.request(&ClientFrame::Ping { nonce: 1 }).await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::HelloRequired));
+        assert!(early.closed().await);
+
+        // A forged token: unauthenticated, closed.
+        let mut forged = Client::connect(&node).await;
+        let other = natter_node::auth::TokenKey::new(b"a different secret, long enough!!").unwrap();
+        let bad = other.issue(&UserId::new("alice").unwrap(), 0, u64::MAX / 2);
+        let answer = forged
+            .request(&ClientFrame::Hello {
+                device: DeviceId::new("d").unwrap(),
+                resume: BTreeMap::new(),
+                token: Some(bad),
+            })
+            .await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::Unauthenticated));
+        assert!(forged.closed().await);
+
+        // An expired token is refused the same way.
+        let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
+        let expired = key.issue(&UserId::new("alice").unwrap(), 1_000, 60);
+        let mut late = Client::connect(&node).await;
+        let answer = late
+            .request(&ClientFrame::Hello {
+                device: DeviceId::new("d").unwrap(),
+                resume: BTreeMap::new(),
+                token: Some(expired),
+            })
+            .await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::Unauthenticated));
+
+        let (mut carol, _) = Client::hello(&node, "carol", BTreeMap::new()).await;
+        let (mut dave, _) = Client::hello(&node, "dave", BTreeMap::new()).await;
+        let group = ClientFrame::CreateConversation {
+            request_id: "g".into(),
+            members: vec![UserId::new("dave").unwrap(), UserId::new("erin").unwrap()],
+            title: Some("plans".into()),
+        };
+        let ServerFrame::Conversation { id: conversation, .. } = carol.request(&group).await else { panic!() };
+
+        // Garbage in a well-formed frame: bad_frame, and the session goes on.
+        carol.write_raw(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).await;
+        assert_eq!(error_code(&carol.read().await.unwrap()), Some(ErrorCode::BadFrame));
+        assert_eq!(carol.request(&ClientFrame::Ping { nonce: 2 }).await, ServerFrame::Pong { nonce: 2 });
+
+        // An oversized body: too_large, tied to its client_seq; nothing appended.
+        let huge = ClientFrame::Send { conversation, client_seq: 1, body: "x".repeat(64 * 1024 + 1) };
+        let answer = carol.request(&huge).await;
+        assert!(
+            matches!(&answer, ServerFrame::Error { code: ErrorCode::TooLarge, client_seq: Some(1), .. }),
+            "{answer:?}"
+        );
+
+        // A frame longer than 1 MiB: too_large once, its bytes skipped, then the session lives.
+        let mut oversized = ((1u32 << 20) + 1).to_be_bytes().to_vec();
+        oversized.extend(std::iter::repeat_n(0u8, (1 << 20) + 1));
+        carol.write_raw(&oversized).await;
+        assert_eq!(error_code(&carol.read().await.unwrap()), Some(ErrorCode::TooLarge));
+        assert_eq!(carol.request(&ClientFrame::Ping { nonce: 3 }).await, ServerFrame::Pong { nonce: 3 });
+
+        // A history page size out of range: invalid_argument.
+        let answer =
+            carol.request(&ClientFrame::History { request_id: "x".into(), conversation, before: None, limit: 0 }).await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::InvalidArgument));
+
+        // A non-member can neither send to nor read the group, nor a conversation that does
+        // not exist; both look the same.
+        let (mut mallory, _) = Client::hello(&node, "mallory", BTreeMap::new()).await;
+        let answer = mallory.request(&ClientFrame::Send { conversation, client_seq: 1, body: "hi".into() }).await;
+        assert!(
+            matches!(&answer, ServerFrame::Error { code: ErrorCode::NotMember, client_seq: Some(1), .. }),
+            "{answer:?}"
+        );
+        let answer = mallory
+            .request(&ClientFrame::History { request_id: "m".into(), conversation, before: None, limit: 10 })
+            .await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::NotMember));
+        let nowhere = ConversationId::from_bytes([0xee; 16]);
+        let answer =
+            mallory.request(&ClientFrame::Send { conversation: nowhere, client_seq: 2, body: "x".into() }).await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::NotMember));
+
+        // None of that reached the group: dave reads an empty history.
+        let history =
+            dave.request(&ClientFrame::History { request_id: "d".into(), conversation, before: None, limit: 10 }).await;
+        assert!(matches!(&history, ServerFrame::History { messages, .. } if messages.is_empty()), "{history:?}");
+
+        // A peer that keeps sending garbage is closed after 16 bad frames in a row.
+        for _ in 0..16 {
+            mallory.write_raw(&[0, 0, 0, 1, 0xff]).await;
+        }
+        for _ in 0..16 {
+            assert_eq!(error_code(&mallory.read().await.unwrap()), Some(ErrorCode::BadFrame));
+        }
+        assert!(mallory.closed().await, "a persistently bad peer is closed");
+        // Others are unaffected.
+        assert_eq!(dave.request(&ClientFrame::Ping { nonce: 4 }).await, ServerFrame::Pong { nonce: 4 });
+        node.handle.take().unwrap().shutdown().await;
+    });
+}
