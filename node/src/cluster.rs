@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use natter_proto::{ConversationId, MessageRecord};
 use natter_raft::command::{Command, Response};
-use natter_raft::placement::{replicas, ShardId};
+use natter_raft::placement::{replicas, shard_of_conversation, ShardId};
 use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
 use natter_raft::types::{NodeId, NodeInfo, Raft, SnapshotMeta};
@@ -18,6 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::delivery::{Deliveries, Push, INTEREST_REFRESH};
 use crate::env::NodeEnv;
 use crate::metrics::Metrics;
 use crate::network::{Router, ShardNetworkFactory};
@@ -121,6 +123,7 @@ pub struct Cluster {
     leader_hints: Mutex<BTreeMap<ShardId, NodeId>>,
     metrics: Arc<Metrics>,
     stopping: std::sync::atomic::AtomicBool,
+    deliveries: Arc<Deliveries>,
 }
 
 impl Cluster {
@@ -171,6 +174,7 @@ impl Cluster {
             leader_hints: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(Metrics::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            deliveries: Arc::new(Deliveries::default()),
         });
         // Serve peers before initialising: a group's first membership entry commits only once a
         // majority of its replicas answer, and they are starting up just like this node.
@@ -186,6 +190,8 @@ impl Cluster {
         }
         let relay = cluster.clone();
         crate::spawn(async move { relay.relay_outboxes().await });
+        let refresher = cluster.clone();
+        crate::spawn(async move { refresher.refresh_interest().await });
         Ok(cluster)
     }
 
@@ -226,6 +232,95 @@ impl Cluster {
                 }
             }
             tokio::time::sleep(OUTBOX_RELAY_INTERVAL).await;
+        }
+    }
+
+    /// Local sessions' subscriptions and, as a leader, other nodes' interest.
+    pub fn deliveries(&self) -> &Arc<Deliveries> {
+        &self.deliveries
+    }
+
+    /// Renews this node's interest with the leader of every shard its sessions want, and tells
+    /// sessions how far each conversation has got so they can fill gaps.
+    async fn refresh_interest(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = self.config.node_id;
+        while !self.stopping.load(Relaxed) {
+            let mut by_shard: BTreeMap<ShardId, Vec<ConversationId>> = BTreeMap::new();
+            for conversation in self.deliveries.wanted() {
+                by_shard
+                    .entry(shard_of_conversation(&conversation, self.config.shards))
+                    .or_default()
+                    .push(conversation);
+            }
+            for (shard, conversations) in by_shard {
+                let replicas = self.placement[&shard].clone();
+                let mut target = self.leader_guess(shard, &replicas);
+                for _ in 0..2 {
+                    let answer = if target == me {
+                        self.interest_local(shard, me, &conversations)
+                    } else {
+                        let request = PeerRequest::Interest { shard, node: me, conversations: conversations.clone() };
+                        self.transport
+                            .call(target, &request, None, INTEREST_REFRESH)
+                            .await
+                            .unwrap_or_else(|error| PeerResponse::Failed(error.to_string()))
+                    };
+                    match answer {
+                        PeerResponse::Interest(progress) => {
+                            for (conversation, last_seq) in progress {
+                                self.deliveries.dispatch(conversation, Push::Behind { conversation, last_seq });
+                            }
+                            break;
+                        }
+                        PeerResponse::NotLeader { leader: Some(leader) } => target = leader,
+                        _ => break,
+                    }
+                }
+            }
+            tokio::time::sleep(INTEREST_REFRESH).await;
+        }
+    }
+
+    /// Leader side of [`PeerRequest::Interest`].
+    fn interest_local(&self, shard: ShardId, node: NodeId, conversations: &[ConversationId]) -> PeerResponse {
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        let leader = raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.config.node_id) {
+            return PeerResponse::NotLeader { leader };
+        }
+        self.deliveries.register_interest(node, conversations, Instant::now());
+        let progress = self.store.read_shard(shard, |reader, txn| {
+            let mut progress = Vec::with_capacity(conversations.len());
+            for conversation in conversations {
+                if let Some(view) = reader.conversation(txn, conversation)? {
+                    progress.push((*conversation, view.last_seq));
+                }
+            }
+            Ok(progress)
+        });
+        match progress {
+            Ok(progress) => PeerResponse::Interest(progress),
+            Err(error) => PeerResponse::Failed(error.to_string()),
+        }
+    }
+
+    /// Leader side, after an append committed: push it to every interested node.
+    fn push(&self, shard: ShardId, message: MessageRecord) {
+        let me = self.config.node_id;
+        for node in self.deliveries.interested(&message.conversation, Instant::now()) {
+            if node == me {
+                self.deliveries.dispatch(message.conversation, Push::Message(message.clone()));
+                continue;
+            }
+            let transport = self.transport.clone();
+            let request = PeerRequest::Deliver { shard, message: message.clone() };
+            // A lost push is found by the receiver's next refresh; never wait for it here.
+            crate::spawn(async move {
+                let _ = transport.call(node, &request, None, INTEREST_REFRESH).await;
+            });
         }
     }
 
@@ -345,8 +440,25 @@ impl Cluster {
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
         };
+        let append = match &command {
+            Command::Append { conversation, sender, device, client_seq, body, .. } => {
+                Some((*conversation, sender.clone(), device.clone(), *client_seq, body.clone()))
+            }
+            _ => None,
+        };
         match tokio::time::timeout(remaining, raft.client_write(command)).await {
-            Ok(Ok(written)) => PeerResponse::Proposed(written.data),
+            Ok(Ok(written)) => {
+                if let (
+                    Some((conversation, sender, sender_device, client_seq, body)),
+                    Response::Appended { seq, ts, duplicate: false, .. },
+                ) = (append, &written.data)
+                {
+                    let message =
+                        MessageRecord { conversation, seq: *seq, sender, sender_device, client_seq, ts: *ts, body };
+                    self.push(shard, message);
+                }
+                PeerResponse::Proposed(written.data)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))
             | Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)))) => {
                 PeerResponse::NotLeader { leader: forward.leader_id }
@@ -459,6 +571,13 @@ impl Cluster {
         if let PeerRequest::ReadIndex { .. } = request {
             return self.read_index_local(shard, Duration::from_millis(self.config.proposal_timeout_ms)).await;
         }
+        if let PeerRequest::Interest { node, conversations, .. } = &request {
+            return self.interest_local(shard, *node, conversations);
+        }
+        if let PeerRequest::Deliver { message, .. } = request {
+            self.deliveries.dispatch(message.conversation, Push::Message(message));
+            return PeerResponse::Delivered;
+        }
         if let PeerRequest::Read { query, .. } = request {
             if !self.groups.contains_key(&shard) {
                 return PeerResponse::UnknownShard;
@@ -488,9 +607,11 @@ impl Cluster {
             PeerRequest::TransferLeader { rpc, .. } => {
                 raft.handle_transfer_leader(rpc).await.map_or_else(|e| failed(&e), PeerResponse::TransferLeader)
             }
-            PeerRequest::Propose { .. } | PeerRequest::ReadIndex { .. } | PeerRequest::Read { .. } => {
-                unreachable!("handled above")
-            }
+            PeerRequest::Propose { .. }
+            | PeerRequest::ReadIndex { .. }
+            | PeerRequest::Read { .. }
+            | PeerRequest::Interest { .. }
+            | PeerRequest::Deliver { .. } => unreachable!("handled above"),
         }
     }
 

@@ -1,12 +1,12 @@
 //! The client QUIC edge (ALPN `natter/1`): one bidirectional stream per session, frames from
 //! `natter_proto::codec`, a JWT in `hello`.
 //!
-//! What a session does today: authenticate (`hello` → `welcome` with the user's conversations,
-//! then everything after each `resume` cursor), `create_conversation` (1:1 with the
-//! deterministic id, or a group), `send` → `send_ok` after commit (exactly once per
-//! `client_seq`, resends answered with the original seq), `ack`/`read` cursor moves,
-//! `history` pages, `ping`. Live push of other people's messages to connected sessions comes
-//! with delivery; until then a client catches up by `hello` with its cursors or by `history`.
+//! A session authenticates (`hello` → `welcome` with the user's conversations, then everything
+//! after each `resume` cursor), then gets every new message of the conversations it follows
+//! pushed as `message` frames, each seq once and in order ([`crate::delivery`]; its own sends
+//! included, after their `send_ok`). It can `create_conversation` (1:1 with the deterministic
+//! id, or a group), `send` → `send_ok` after commit (exactly once per `client_seq`, resends
+//! answered with the original seq), move `ack`/`read` cursors, page `history`, `ping`.
 //!
 //! Bad input never ends a session for anyone else: a bad frame gets an `error` and the session
 //! continues; a peer that sends [`BAD_FRAMES_MAX`] bad frames in a row, fails to authenticate,
@@ -26,9 +26,11 @@ use natter_raft::placement::{shard_of_conversation, shard_of_user};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
 use rand::rngs::StdRng;
 use rand::RngCore;
+use tokio::sync::mpsc;
 
 use crate::auth::TokenKey;
 use crate::cluster::{Cluster, ClusterError};
+use crate::delivery::Push;
 use crate::env::Clock;
 use crate::transport::ClientHandler;
 
@@ -107,8 +109,14 @@ impl ClientEdge {
             decoder: FrameDecoder::new(),
             identity: None,
             bad_frames: 0,
+            subscription: None,
+            new_pushes: None,
+            delivered: BTreeMap::new(),
         };
         session.run().await;
+        if let Some(id) = session.subscription {
+            self.cluster.deliveries().close(id);
+        }
         if let Some((user, _)) = &session.identity {
             self.release(user);
         }
@@ -141,6 +149,20 @@ struct Session {
     decoder: FrameDecoder,
     identity: Option<(UserId, DeviceId)>,
     bad_frames: u32,
+    /// This session's delivery registration, once authenticated.
+    subscription: Option<u64>,
+    /// Pushes, handed from `hello` to the frame loop.
+    new_pushes: Option<mpsc::Receiver<Push>>,
+    /// Per subscribed conversation, the last seq delivered to this session.
+    delivered: BTreeMap<ConversationId, u64>,
+}
+
+/// Waits for the next push, or forever before the session subscribed.
+async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
+    match pushes {
+        Some(pushes) => pushes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -157,51 +179,107 @@ impl Session {
     }
 
     async fn serve_frames(&mut self) -> End {
+        let mut pushes: Option<mpsc::Receiver<Push>> = None;
         loop {
+            if pushes.is_none() {
+                pushes = self.new_pushes.take();
+            }
             let read = if self.identity.is_none() {
                 match tokio::time::timeout(HELLO_TIMEOUT, self.recv.read_chunk(READ_CHUNK_BYTES, true)).await {
                     Ok(read) => read,
                     Err(_) => return End::Closed(close::UNAUTHENTICATED, "no hello in time"),
                 }
             } else {
-                self.recv.read_chunk(READ_CHUNK_BYTES, true).await
+                tokio::select! {
+                    biased;
+                    push = next_push(&mut pushes) => {
+                        match push {
+                            Some(push) => {
+                                if let Err(end) = self.on_push(push).await {
+                                    return end;
+                                }
+                                continue;
+                            }
+                            None => return End::Gone,
+                        }
+                    }
+                    read = self.recv.read_chunk(READ_CHUNK_BYTES, true) => read,
+                }
             };
             let chunk = match read {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) | Err(_) => return End::Gone,
             };
-            let mut rest: &[u8] = &chunk;
-            while !rest.is_empty() {
-                let taken = self.decoder.push(rest);
-                rest = &rest[taken..];
-                loop {
-                    match self.decoder.next_frame::<ClientFrame>() {
-                        Ok(Some(frame)) => {
-                            self.bad_frames = 0;
-                            if let Err(end) = self.handle(frame).await {
-                                return end;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(error) => {
-                            self.bad_frames += 1;
-                            tracing::debug!(%error, "bad client frame");
-                            let reply = ServerFrame::Error {
-                                request_id: None,
-                                conversation: None,
-                                client_seq: None,
-                                code: error.code(),
-                                message: error.to_string(),
-                            };
-                            if self.write(&reply).await.is_err() {
-                                return End::Gone;
-                            }
-                            if self.bad_frames >= BAD_FRAMES_MAX {
-                                return End::Closed(close::BAD_FRAMES, "too many bad frames");
-                            }
+            if let Err(end) = self.take_bytes(&chunk).await {
+                return end;
+            }
+        }
+    }
+
+    /// Decodes and handles every frame in `bytes`.
+    async fn take_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let taken = self.decoder.push(rest);
+            rest = &rest[taken..];
+            loop {
+                match self.decoder.next_frame::<ClientFrame>() {
+                    Ok(Some(frame)) => {
+                        self.bad_frames = 0;
+                        self.handle(frame).await?;
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.bad_frames += 1;
+                        tracing::debug!(%error, "bad client frame");
+                        let reply = ServerFrame::Error {
+                            request_id: None,
+                            conversation: None,
+                            client_seq: None,
+                            code: error.code(),
+                            message: error.to_string(),
+                        };
+                        self.write(&reply).await?;
+                        if self.bad_frames >= BAD_FRAMES_MAX {
+                            return Err(End::Closed(close::BAD_FRAMES, "too many bad frames"));
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a push: the next seq goes out at once, a later one means a gap to fill from
+    /// the shard, an earlier one was already delivered.
+    async fn on_push(&mut self, push: Push) -> Result<(), End> {
+        match push {
+            Push::Message(message) => {
+                let Some(&last) = self.delivered.get(&message.conversation) else {
+                    return Ok(());
+                };
+                if message.seq <= last {
+                    Ok(())
+                } else if message.seq == last + 1 {
+                    self.delivered.insert(message.conversation, message.seq);
+                    self.write(&ServerFrame::Message(message)).await
+                } else {
+                    self.catch_up(message.conversation).await
+                }
+            }
+            Push::Behind { conversation, last_seq } => match self.delivered.get(&conversation) {
+                Some(&last) if last_seq > last => self.catch_up(conversation).await,
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Starts delivering `conversation` to this session from after `cursor`.
+    fn follow(&mut self, conversation: ConversationId, cursor: u64) {
+        if let Some(id) = self.subscription {
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.delivered.entry(conversation) {
+                entry.insert(cursor);
+                self.edge.cluster.deliveries().subscribe(id, conversation);
             }
         }
     }
@@ -243,7 +321,15 @@ impl Session {
             }
             ClientFrame::Ping { nonce } => self.write(&ServerFrame::Pong { nonce: *nonce }).await,
             ClientFrame::CreateConversation { request_id, members, title } => {
-                let reply = self.create(&user, request_id, members, title.clone()).await;
+                let reply = match self.create(&user, request_id, members, title.clone()).await {
+                    Ok((frame, last_seq)) => {
+                        if let ServerFrame::Conversation { id, .. } = &frame {
+                            self.follow(*id, last_seq);
+                        }
+                        Ok(frame)
+                    }
+                    Err(error) => Err(error),
+                };
                 self.answer(&frame, reply).await
             }
             ClientFrame::Send { conversation, client_seq, body } => {
@@ -258,6 +344,8 @@ impl Session {
                 let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
                 let reply = match self.edge.cluster.propose(shard, command).await {
                     Ok(Response::Appended { conversation, seq, ts, .. }) => {
+                        // Sending to a conversation joined after hello starts following it.
+                        self.follow(conversation, seq - 1);
                         Ok(ServerFrame::SendOk { conversation, client_seq: *client_seq, seq, ts })
                     }
                     Ok(other) => Err(refusal(other)),
@@ -331,13 +419,29 @@ impl Session {
             return Err(End::Closed(close::RATE_LIMITED, "too many sessions"));
         }
         self.identity = Some((user.clone(), device.clone()));
+        // Subscribe before reading anything: a message that commits while we catch up is then
+        // either in the catch-up read or in the push queue (and dropped there as delivered).
+        let subscription = self.edge.cluster.deliveries().open();
+        self.subscription = Some(subscription.id);
+        self.new_pushes = Some(subscription.pushes);
         let conversations = match self.conversations(&user).await {
             Ok(conversations) => conversations,
             Err(error) => return self.reply_error(&frame, ErrorCode::Unavailable, error.to_string()).await,
         };
+        for summary in &conversations {
+            // Without a cursor the device starts from now; `history` pages back.
+            let cursor = resume.get(&summary.id).map_or(summary.last_seq, |&cursor| cursor.min(summary.last_seq));
+            self.follow(summary.id, cursor);
+        }
+        for (&conversation, &cursor) in resume {
+            // A cursor for a conversation not listed (just joined, or not a member): catch-up
+            // reads it with the membership check.
+            self.follow(conversation, cursor);
+        }
         self.write(&ServerFrame::Welcome { user: user.clone(), device: device.clone(), conversations }).await?;
-        for (conversation, after) in resume {
-            self.catch_up(&user, *conversation, *after).await?;
+        let followed: Vec<ConversationId> = self.delivered.keys().copied().collect();
+        for conversation in followed {
+            self.catch_up(conversation).await?;
         }
         Ok(())
     }
@@ -367,15 +471,19 @@ impl Session {
         Ok(summaries)
     }
 
-    /// Sends every message after `after` in `conversation`, page by page, in seq order.
-    async fn catch_up(&mut self, user: &UserId, conversation: ConversationId, mut after: u64) -> Result<(), End> {
+    /// Sends every message after the session's cursor in `conversation`, page by page, in seq
+    /// order, moving the cursor. A refused read (not a member) stops following it.
+    async fn catch_up(&mut self, conversation: ConversationId) -> Result<(), End> {
+        let Some((user, _)) = self.identity.clone() else { return Ok(()) };
         let shard = shard_of_conversation(&conversation, self.edge.cluster.config().shards);
         loop {
+            let Some(&after) = self.delivered.get(&conversation) else { return Ok(()) };
             let query = Query::After { conversation, user: user.clone(), after, limit: CATCH_UP_PAGE_MAX };
             let page = match self.edge.cluster.read(shard, query).await {
                 Ok(QueryResult::Messages(page)) => page,
                 Ok(QueryResult::Rejected(error)) => {
-                    return self.write(&conversation_error(conversation, error.code(), error.to_string())).await
+                    self.delivered.remove(&conversation);
+                    return self.write(&conversation_error(conversation, error.code(), error.to_string())).await;
                 }
                 Ok(_) => return Ok(()),
                 Err(error) => {
@@ -386,8 +494,8 @@ impl Session {
             };
             let full = page.len() as u32 == CATCH_UP_PAGE_MAX;
             for message in page {
-                debug_assert!(message.seq > after, "catch-up goes forward");
-                after = message.seq;
+                debug_assert_eq!(message.seq, self.delivered[&conversation] + 1, "catch-up pages are contiguous");
+                self.delivered.insert(conversation, message.seq);
                 self.write(&ServerFrame::Message(message)).await?;
             }
             if !full {
@@ -402,7 +510,7 @@ impl Session {
         request_id: &str,
         members: &[UserId],
         title: Option<String>,
-    ) -> Result<ServerFrame, (ErrorCode, String)> {
+    ) -> Result<(ServerFrame, u64), (ErrorCode, String)> {
         let mut everyone: BTreeSet<UserId> = members.iter().cloned().collect();
         everyone.insert(creator.clone());
         if everyone.len() < MEMBERS_MIN {
@@ -431,12 +539,15 @@ impl Session {
         };
         let shard = shard_of_conversation(&conversation, self.edge.cluster.config().shards);
         match self.edge.cluster.propose(shard, command).await {
-            Ok(Response::Conversation { conversation: view, .. }) => Ok(ServerFrame::Conversation {
-                id: view.id,
-                members: view.members,
-                title: view.title,
-                request_id: Some(request_id.to_owned()),
-            }),
+            Ok(Response::Conversation { conversation: view, .. }) => Ok((
+                ServerFrame::Conversation {
+                    id: view.id,
+                    members: view.members,
+                    title: view.title,
+                    request_id: Some(request_id.to_owned()),
+                },
+                view.last_seq,
+            )),
             Ok(other) => Err(refusal(other)),
             Err(error) => Err(unavailable(error)),
         }

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod edge;
 pub mod env;
 pub mod http;

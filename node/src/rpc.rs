@@ -4,6 +4,7 @@
 //! snapshot, the snapshot's bytes as further frames) and finishes its side; the callee answers
 //! with one response frame. A frame is a `u32` big-endian length and a postcard payload.
 
+use natter_proto::{ConversationId, MessageRecord};
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::ShardId;
 use natter_raft::query::{Query, QueryResult};
@@ -86,6 +87,22 @@ pub enum PeerRequest {
         /// What to read.
         query: Query,
     },
+    /// To the shard's leader: `node` has sessions in `conversations` (soft state, renewed).
+    Interest {
+        /// The group.
+        shard: ShardId,
+        /// The interested node.
+        node: NodeId,
+        /// Conversations of this shard it wants pushed.
+        conversations: Vec<ConversationId>,
+    },
+    /// From a shard's leader: a message just committed, for the callee's sessions.
+    Deliver {
+        /// The message's shard.
+        shard: ShardId,
+        /// The message.
+        message: MessageRecord,
+    },
 }
 
 impl PeerRequest {
@@ -99,7 +116,9 @@ impl PeerRequest {
             | Self::TransferLeader { shard, .. }
             | Self::Propose { shard, .. }
             | Self::ReadIndex { shard }
-            | Self::Read { shard, .. } => *shard,
+            | Self::Read { shard, .. }
+            | Self::Interest { shard, .. }
+            | Self::Deliver { shard, .. } => *shard,
         }
     }
 }
@@ -121,6 +140,10 @@ pub enum PeerResponse {
     ReadIndex(u64),
     /// The answer to a [`PeerRequest::Read`].
     Read(QueryResult),
+    /// Interest recorded; each conversation's newest seq, so the caller can see it is behind.
+    Interest(Vec<(ConversationId, u64)>),
+    /// A pushed message was handed to the callee's sessions.
+    Delivered,
     /// The callee does not lead the shard; `leader` is who it believes does.
     NotLeader {
         /// The leader the callee knows of, if any.

@@ -19,43 +19,71 @@ use rustls::pki_types::pem::PemObject;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+/// One node of an in-process cluster, as a client sees it.
 struct Node {
-    _dir: tempfile::TempDir,
     addr: SocketAddr,
     ca_pem: Vec<u8>,
-    handle: Option<natter_node::NodeHandle>,
 }
 
-async fn start_node() -> Node {
-    let dir =
-        tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
-    let tls_dir = dir.path().join("tls");
-    natter_node::tls::write_cluster_certs(&tls_dir, &[1], &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
-    let peer_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = Config {
-        node_id: 1,
-        data_dir: dir.path().join("data"),
-        nodes: vec![NodeAddress { id: 1, peer_addr, http_addr: "127.0.0.1:0".parse().unwrap() }],
-        shards: 8,
-        tls: TlsFiles {
-            ca_cert: tls_dir.join("ca.pem"),
-            cert: tls_dir.join("node-1.pem"),
-            key: tls_dir.join("node-1.key"),
-        },
-        raft: RaftTimings::default(),
-        proposal_timeout_ms: 5_000,
-        rpc_timeout_ms: 2_000,
-        jwt_secret: Some(SECRET.into()),
-    };
-    let mut env = NodeEnv::production(config.data_dir.clone());
-    env.durability = Durability::NoSync;
-    env.http = false;
-    let handle = natter_node::run_node(config, env).await.unwrap();
-    while !handle.cluster().is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    handles: Vec<natter_node::NodeHandle>,
+}
+
+impl Cluster {
+    async fn shutdown(self) {
+        for handle in self.handles {
+            handle.shutdown().await;
+        }
     }
-    let addr = handle.peer_addr();
-    Node { addr, ca_pem: std::fs::read(tls_dir.join("ca.pem")).unwrap(), handle: Some(handle), _dir: dir }
+}
+
+/// `count` nodes in this process, 8 shards, all ready.
+async fn start_cluster(count: u64) -> Cluster {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let tls_dir = dir.path().join("tls");
+    let ids: Vec<u64> = (1..=count).collect();
+    natter_node::tls::write_cluster_certs(&tls_dir, &ids, &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
+    let addresses: Vec<NodeAddress> = ids
+        .iter()
+        .map(|&id| NodeAddress {
+            id,
+            peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for &id in &ids {
+        let config = Config {
+            node_id: id,
+            data_dir: dir.path().join(format!("node-{id}")),
+            nodes: addresses.clone(),
+            shards: 8,
+            tls: TlsFiles {
+                ca_cert: tls_dir.join("ca.pem"),
+                cert: tls_dir.join(format!("node-{id}.pem")),
+                key: tls_dir.join(format!("node-{id}.key")),
+            },
+            raft: RaftTimings::default(),
+            proposal_timeout_ms: 5_000,
+            rpc_timeout_ms: 2_000,
+            jwt_secret: Some(SECRET.into()),
+        };
+        let mut env = NodeEnv::production(config.data_dir.clone());
+        env.durability = Durability::NoSync;
+        env.http = false;
+        handles.push(natter_node::run_node(config, env).await.unwrap());
+    }
+    for handle in &handles {
+        while !handle.cluster().is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let ca_pem = std::fs::read(tls_dir.join("ca.pem")).unwrap();
+    let nodes = handles.iter().map(|handle| Node { addr: handle.peer_addr(), ca_pem: ca_pem.clone() }).collect();
+    Cluster { _dir: dir, nodes, handles }
 }
 
 fn token(user: &str) -> String {
@@ -70,6 +98,8 @@ struct Client {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
     _endpoint: quinn::Endpoint,
+    /// `message` frames received while waiting for answers, in arrival order.
+    messages: Vec<natter_proto::MessageRecord>,
 }
 
 impl Client {
@@ -91,7 +121,7 @@ impl Client {
             .await
             .unwrap();
         let (send, recv) = connection.open_bi().await.unwrap();
-        Client { connection, send, recv, decoder: FrameDecoder::new(), _endpoint: endpoint }
+        Client { connection, send, recv, decoder: FrameDecoder::new(), _endpoint: endpoint, messages: Vec::new() }
     }
 
     async fn hello(node: &Node, user: &str, resume: BTreeMap<ConversationId, u64>) -> (Client, ServerFrame) {
@@ -131,9 +161,33 @@ impl Client {
         }
     }
 
+    /// Sends `frame` and returns the first answer that is not a pushed `message` (those are
+    /// kept in `messages`).
     async fn request(&mut self, frame: &ClientFrame) -> ServerFrame {
         self.write(frame).await;
-        self.read().await.expect("an answer")
+        loop {
+            match self.read().await.expect("an answer") {
+                ServerFrame::Message(message) => self.messages.push(message),
+                answer => return answer,
+            }
+        }
+    }
+
+    /// The next frame if one arrives within `wait`.
+    async fn read_for(&mut self, wait: Duration) -> Option<ServerFrame> {
+        tokio::time::timeout(wait, self.read()).await.ok().flatten()
+    }
+
+    /// Reads until `count` messages have arrived in all (or 5 s pass without a frame).
+    async fn wait_messages(&mut self, count: usize) -> Vec<(ConversationId, u64)> {
+        while self.messages.len() < count {
+            match self.read().await {
+                Some(ServerFrame::Message(message)) => self.messages.push(message),
+                Some(other) => panic!("expected a message, got {other:?}"),
+                None => break,
+            }
+        }
+        self.messages.iter().map(|message| (message.conversation, message.seq)).collect()
     }
 
     async fn closed(&mut self) -> bool {
@@ -156,8 +210,9 @@ fn run<F: std::future::Future>(future: F) -> F::Output {
 #[test]
 fn conversations_sends_history_and_catch_up() {
     run(async {
-        let mut node = start_node().await;
-        let (mut alice, welcome) = Client::hello(&node, "alice", BTreeMap::new()).await;
+        let cluster = start_cluster(1).await;
+        let node = &cluster.nodes[0];
+        let (mut alice, welcome) = Client::hello(node, "alice", BTreeMap::new()).await;
         let ServerFrame::Welcome { user, conversations, .. } = welcome else { panic!("{welcome:?}") };
         assert_eq!(user, UserId::new("alice").unwrap());
         assert!(conversations.is_empty());
@@ -196,7 +251,7 @@ fn conversations_sends_history_and_catch_up() {
         // and a resume cursor streams what he has not seen, in order.
         let mut listed = false;
         for _ in 0..50 {
-            let (mut bob, welcome) = Client::hello(&node, "bob", BTreeMap::from([(expected, 0)])).await;
+            let (mut bob, welcome) = Client::hello(node, "bob", BTreeMap::from([(expected, 0)])).await;
             let ServerFrame::Welcome { conversations, .. } = welcome else { panic!("{welcome:?}") };
             if let Some(summary) = conversations.iter().find(|summary| summary.id == expected) {
                 assert_eq!(summary.last_seq, 2);
@@ -212,23 +267,26 @@ fn conversations_sends_history_and_catch_up() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(listed, "bob's welcome never listed the conversation");
-        node.handle.take().unwrap().shutdown().await;
+        // Alice followed the conversation she created: her own two messages came back once each.
+        assert_eq!(alice.wait_messages(2).await, vec![(expected, 1), (expected, 2)]);
+        cluster.shutdown().await;
     });
 }
 
 #[test]
 fn bad_input_gets_typed_errors_and_touches_nothing() {
     run(async {
-        let mut node = start_node().await;
+        let cluster = start_cluster(1).await;
+        let node = &cluster.nodes[0];
 
         // A request before hello: hello_required, then the connection is closed.
-        let mut early = Client::connect(&node).await;
+        let mut early = Client::connect(node).await;
         let answer = early.request(&ClientFrame::Ping { nonce: 1 }).await;
         assert_eq!(error_code(&answer), Some(ErrorCode::HelloRequired));
         assert!(early.closed().await);
 
         // A forged token: unauthenticated, closed.
-        let mut forged = Client::connect(&node).await;
+        let mut forged = Client::connect(node).await;
         let other = natter_node::auth::TokenKey::new(b"a different secret, long enough!!").unwrap();
         let bad = other.issue(&UserId::new("alice").unwrap(), 0, u64::MAX / 2);
         let answer = forged
@@ -244,7 +302,7 @@ fn bad_input_gets_typed_errors_and_touches_nothing() {
         // An expired token is refused the same way.
         let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
         let expired = key.issue(&UserId::new("alice").unwrap(), 1_000, 60);
-        let mut late = Client::connect(&node).await;
+        let mut late = Client::connect(node).await;
         let answer = late
             .request(&ClientFrame::Hello {
                 device: DeviceId::new("d").unwrap(),
@@ -254,8 +312,8 @@ fn bad_input_gets_typed_errors_and_touches_nothing() {
             .await;
         assert_eq!(error_code(&answer), Some(ErrorCode::Unauthenticated));
 
-        let (mut carol, _) = Client::hello(&node, "carol", BTreeMap::new()).await;
-        let (mut dave, _) = Client::hello(&node, "dave", BTreeMap::new()).await;
+        let (mut carol, _) = Client::hello(node, "carol", BTreeMap::new()).await;
+        let (mut dave, _) = Client::hello(node, "dave", BTreeMap::new()).await;
         let group = ClientFrame::CreateConversation {
             request_id: "g".into(),
             members: vec![UserId::new("dave").unwrap(), UserId::new("erin").unwrap()],
@@ -290,7 +348,7 @@ fn bad_input_gets_typed_errors_and_touches_nothing() {
 
         // A non-member can neither send to nor read the group, nor a conversation that does
         // not exist; both look the same.
-        let (mut mallory, _) = Client::hello(&node, "mallory", BTreeMap::new()).await;
+        let (mut mallory, _) = Client::hello(node, "mallory", BTreeMap::new()).await;
         let answer = mallory.request(&ClientFrame::Send { conversation, client_seq: 1, body: "hi".into() }).await;
         assert!(
             matches!(&answer, ServerFrame::Error { code: ErrorCode::NotMember, client_seq: Some(1), .. }),
@@ -320,6 +378,69 @@ fn bad_input_gets_typed_errors_and_touches_nothing() {
         assert!(mallory.closed().await, "a persistently bad peer is closed");
         // Others are unaffected.
         assert_eq!(dave.request(&ClientFrame::Ping { nonce: 4 }).await, ServerFrame::Pong { nonce: 4 });
-        node.handle.take().unwrap().shutdown().await;
+        cluster.shutdown().await;
+    });
+}
+
+/// Three nodes; alice, bob (two devices) and carol each on a different node. Every message
+/// reaches every member's every device once, in seq order, live and identical across devices;
+/// a device that reconnects with its cursor gets exactly what it missed.
+#[test]
+fn messages_reach_every_device_once_in_order_across_nodes() {
+    run(async {
+        let cluster = start_cluster(3).await;
+        let (mut alice, _) = Client::hello(&cluster.nodes[0], "alice", BTreeMap::new()).await;
+        let group = ClientFrame::CreateConversation {
+            request_id: "g".into(),
+            members: vec![UserId::new("bob").unwrap(), UserId::new("carol").unwrap()],
+            title: Some("trip".into()),
+        };
+        let ServerFrame::Conversation { id: conversation, .. } = alice.request(&group).await else { panic!() };
+        // The others join by resuming from 0 (their user shards may not list it yet).
+        let resume = BTreeMap::from([(conversation, 0)]);
+        let (mut bob_phone, _) = Client::hello(&cluster.nodes[1], "bob", resume.clone()).await;
+        let (mut bob_laptop, _) = Client::hello(&cluster.nodes[2], "bob", resume.clone()).await;
+        let (mut carol, _) = Client::hello(&cluster.nodes[2], "carol", resume.clone()).await;
+
+        // Interleaved senders on three nodes.
+        for round in 1..=10u64 {
+            let body = |who: &str| format!("{who} {round}");
+            let answer =
+                alice.request(&ClientFrame::Send { conversation, client_seq: round, body: body("alice") }).await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+            let answer =
+                bob_phone.request(&ClientFrame::Send { conversation, client_seq: round, body: body("bob") }).await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+            let answer =
+                carol.request(&ClientFrame::Send { conversation, client_seq: round, body: body("carol") }).await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+        }
+        let everything: Vec<(ConversationId, u64)> = (1..=30).map(|seq| (conversation, seq)).collect();
+        for (name, client) in [
+            ("alice", &mut alice),
+            ("bob phone", &mut bob_phone),
+            ("bob laptop", &mut bob_laptop),
+            ("carol", &mut carol),
+        ] {
+            assert_eq!(client.wait_messages(30).await, everything, "{name} got each seq once, in order");
+        }
+        let bodies = |client: &Client| client.messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>();
+        assert_eq!(bodies(&alice), bodies(&carol), "every observer sees the same order");
+        assert_eq!(bodies(&bob_phone), bodies(&bob_laptop));
+
+        // Bob's laptop goes away at seq 30; five more arrive; it comes back with its cursor.
+        drop(bob_laptop);
+        for client_seq in 11..=15u64 {
+            let answer = alice
+                .request(&ClientFrame::Send { conversation, client_seq, body: format!("later {client_seq}") })
+                .await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+        }
+        let (mut bob_laptop, _) = Client::hello(&cluster.nodes[2], "bob", BTreeMap::from([(conversation, 30)])).await;
+        let missed: Vec<(ConversationId, u64)> = (31..=35).map(|seq| (conversation, seq)).collect();
+        assert_eq!(bob_laptop.wait_messages(5).await, missed, "exactly what it missed, in order");
+        // And nothing more arrives: no duplicates.
+        assert!(bob_laptop.read_for(Duration::from_millis(1500)).await.is_none(), "no duplicate after catch-up");
+        cluster.shutdown().await;
     });
 }
