@@ -307,16 +307,18 @@ impl Cluster {
         }
     }
 
-    /// Leader side, after an append committed: push it to every interested node.
-    fn push(&self, shard: ShardId, message: MessageRecord) {
+    /// Leader side, after an append or a cursor move committed: push it to every interested
+    /// node.
+    fn push(&self, shard: ShardId, push: Push) {
         let me = self.config.node_id;
-        for node in self.deliveries.interested(&message.conversation, Instant::now()) {
+        let conversation = Deliveries::conversation_of(&push);
+        for node in self.deliveries.interested(&conversation, Instant::now()) {
             if node == me {
-                self.deliveries.dispatch(message.conversation, Push::Message(message.clone()));
+                self.deliveries.dispatch(conversation, push.clone());
                 continue;
             }
             let transport = self.transport.clone();
-            let request = PeerRequest::Deliver { shard, message: message.clone() };
+            let request = PeerRequest::Deliver { shard, push: push.clone() };
             // A lost push is found by the receiver's next refresh; never wait for it here.
             crate::spawn(async move {
                 let _ = transport.call(node, &request, None, INTEREST_REFRESH).await;
@@ -446,6 +448,10 @@ impl Cluster {
             }
             _ => None,
         };
+        let cursor = match &command {
+            Command::MoveCursor { conversation, user, .. } => Some((*conversation, user.clone())),
+            _ => None,
+        };
         match tokio::time::timeout(remaining, raft.client_write(command)).await {
             Ok(Ok(written)) => {
                 if let (
@@ -455,7 +461,23 @@ impl Cluster {
                 {
                     let message =
                         MessageRecord { conversation, seq: *seq, sender, sender_device, client_seq, ts: *ts, body };
-                    self.push(shard, message);
+                    self.push(shard, Push::Message(message));
+                }
+                if let (Some((conversation, user)), Response::Cursor { .. }) = (cursor, &written.data) {
+                    // Receipts are per member: the highest cursors over the member's devices,
+                    // read from the state this leader just applied, so they never go backwards.
+                    let receipt = self.store.read_shard(shard, |reader, txn| {
+                        let mut highest = (0, 0);
+                        for (owner, _, cursor) in reader.cursors(txn, &conversation)? {
+                            if owner == user {
+                                highest = (highest.0.max(cursor.delivered), highest.1.max(cursor.read));
+                            }
+                        }
+                        Ok(highest)
+                    });
+                    if let Ok((delivered, read)) = receipt {
+                        self.push(shard, Push::Receipt { conversation, user, delivered, read });
+                    }
                 }
                 PeerResponse::Proposed(written.data)
             }
@@ -574,8 +596,8 @@ impl Cluster {
         if let PeerRequest::Interest { node, conversations, .. } = &request {
             return self.interest_local(shard, *node, conversations);
         }
-        if let PeerRequest::Deliver { message, .. } = request {
-            self.deliveries.dispatch(message.conversation, Push::Message(message));
+        if let PeerRequest::Deliver { push, .. } = request {
+            self.deliveries.dispatch(Deliveries::conversation_of(&push), push);
             return PeerResponse::Delivered;
         }
         if let PeerRequest::Read { query, .. } = request {

@@ -29,10 +29,21 @@ pub const INTEREST_TTL: Duration = Duration::from_millis(3500);
 pub const SESSION_PUSH_QUEUE_MAX: usize = 1024;
 
 /// What a session receives from delivery.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Push {
     /// A committed message.
     Message(MessageRecord),
+    /// A member's cursors moved (the highest over the member's devices, so never backwards).
+    Receipt {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The member.
+        user: natter_proto::UserId,
+        /// Highest seq delivered to any of the member's devices.
+        delivered: u64,
+        /// Highest seq the member has read.
+        read: u64,
+    },
     /// The conversation has messages up to this seq; fill any gap.
     Behind {
         /// The conversation.
@@ -86,6 +97,14 @@ impl Deliveries {
     /// The conversations local sessions want.
     pub fn wanted(&self) -> Vec<ConversationId> {
         self.local.lock().expect("local lock").keys().copied().collect()
+    }
+
+    /// The conversation a push is about.
+    pub fn conversation_of(push: &Push) -> ConversationId {
+        match push {
+            Push::Message(message) => message.conversation,
+            Push::Receipt { conversation, .. } | Push::Behind { conversation, .. } => *conversation,
+        }
     }
 
     /// Hands `push` to every local session subscribed to `conversation`. A session whose queue

@@ -267,6 +267,12 @@ impl Session {
                     self.catch_up(message.conversation).await
                 }
             }
+            Push::Receipt { conversation, user, delivered, read } => {
+                if !self.delivered.contains_key(&conversation) {
+                    return Ok(());
+                }
+                self.write(&ServerFrame::Receipt { conversation, user, delivered, read }).await
+            }
             Push::Behind { conversation, last_seq } => match self.delivered.get(&conversation) {
                 Some(&last) if last_seq > last => self.catch_up(conversation).await,
                 _ => Ok(()),

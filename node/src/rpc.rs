@@ -4,7 +4,9 @@
 //! snapshot, the snapshot's bytes as further frames) and finishes its side; the callee answers
 //! with one response frame. A frame is a `u32` big-endian length and a postcard payload.
 
-use natter_proto::{ConversationId, MessageRecord};
+use natter_proto::ConversationId;
+
+use crate::delivery::Push;
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::ShardId;
 use natter_raft::query::{Query, QueryResult};
@@ -96,12 +98,12 @@ pub enum PeerRequest {
         /// Conversations of this shard it wants pushed.
         conversations: Vec<ConversationId>,
     },
-    /// From a shard's leader: a message just committed, for the callee's sessions.
+    /// From a shard's leader: a message or receipt just committed, for the callee's sessions.
     Deliver {
-        /// The message's shard.
+        /// The shard it committed in.
         shard: ShardId,
-        /// The message.
-        message: MessageRecord,
+        /// What to hand to the sessions.
+        push: Push,
     },
 }
 

@@ -173,6 +173,20 @@ impl Client {
         }
     }
 
+    /// Reads until a receipt for `user` arrives; returns its (delivered, read).
+    async fn wait_receipt(&mut self, user: &str) -> (u64, u64) {
+        loop {
+            match self.read().await.expect("a receipt") {
+                ServerFrame::Message(message) => self.messages.push(message),
+                ServerFrame::Receipt { user: who, delivered, read, .. } if who.as_str() == user => {
+                    return (delivered, read)
+                }
+                ServerFrame::Receipt { .. } => {}
+                other => panic!("expected a receipt, got {other:?}"),
+            }
+        }
+    }
+
     /// The next frame if one arrives within `wait`.
     async fn read_for(&mut self, wait: Duration) -> Option<ServerFrame> {
         tokio::time::timeout(wait, self.read()).await.ok().flatten()
@@ -427,6 +441,16 @@ fn messages_reach_every_device_once_in_order_across_nodes() {
         let bodies = |client: &Client| client.messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>();
         assert_eq!(bodies(&alice), bodies(&carol), "every observer sees the same order");
         assert_eq!(bodies(&bob_phone), bodies(&bob_laptop));
+
+        // Read receipts fan out to the conversation, per member and never backwards: bob read
+        // up to 30 on his phone, then his laptop says 10.
+        bob_phone.write(&ClientFrame::Read { conversation, seq: 30 }).await;
+        assert_eq!(alice.wait_receipt("bob").await, (30, 30));
+        bob_laptop.write(&ClientFrame::Read { conversation, seq: 10 }).await;
+        carol.write(&ClientFrame::Ack { conversation, seq: 30 }).await;
+        assert_eq!(alice.wait_receipt("carol").await, (30, 0), "delivery receipt only");
+        let later = alice.wait_receipt("bob").await;
+        assert_eq!(later, (30, 30), "bob's receipt does not move back when another device reads less");
 
         // Bob's laptop goes away at seq 30; five more arrive; it comes back with its cursor.
         drop(bob_laptop);
