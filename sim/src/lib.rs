@@ -12,6 +12,7 @@
 #[cfg(not(tokio_unstable))]
 compile_error!("natter-sim must be built with RUSTFLAGS=\"--cfg tokio_unstable\" (see .cargo/config.toml)");
 
+pub mod check;
 pub mod entropy;
 pub mod env;
 pub mod net;
