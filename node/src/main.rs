@@ -39,7 +39,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
@@ -50,19 +50,41 @@ fn main() -> anyhow::Result<()> {
         (None, true) => Config::parse(&Config::dev(args.data_dir.clone()).to_toml(), environment)?,
         (None, false) => anyhow::bail!("give --config FILE, or --dev for a single-node development cluster"),
     };
+    let mut config = config;
     let env = NodeEnv::production(config.data_dir.clone());
     if args.dev {
         let mut rng = env.entropy.rng("dev-certs");
         natter_node::tls::ensure_dev_certs(&config.tls, config.node_id, &mut rng)
             .context("creating dev certificates")?;
+        if config.jwt_secret.is_none() {
+            let path = config.data_dir.join(natter_node::auth::DEV_SECRET_FILE);
+            let secret = natter_node::auth::load_or_create_secret(&path, &mut env.entropy.rng("dev-secret"))
+                .with_context(|| format!("keeping the dev token secret in {}", path.display()))?;
+            config.jwt_secret = Some(secret);
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let seed = env.entropy.seed();
     runtime.block_on(Runtime::scope(seed, async move {
+        let dev_token = match (&config.jwt_secret, args.dev) {
+            (Some(secret), true) => {
+                let key = natter_node::auth::TokenKey::new(secret.as_bytes())?;
+                let alice = natter_proto::UserId::new("alice").expect("valid user id");
+                Some(key.issue(&alice, env.clock.wall_ms() / 1000, 24 * 3600))
+            }
+            _ => None,
+        };
+        let ca = config.tls.ca_cert.clone();
         let node = natter_node::run_node(config, env).await?;
-        if args.dev {
+        if let Some(token) = dev_token {
             let http = node.http_addr().map(|addr| format!("http://{addr}")).unwrap_or_default();
-            println!("natter dev node is up: data in {}, status at {http}/v1/admin/cluster", args.data_dir.display());
+            let data = args.data_dir.display();
+            println!("natter dev node is up");
+            println!("  data:    {data}");
+            println!("  clients: {} (QUIC, ALPN natter/1, CA {})", node.peer_addr(), ca.display());
+            println!("  status:  {http}/v1/admin/cluster");
+            println!("  token for alice (24 h): {token}");
+            println!("  more tokens: natter token --data-dir {data} --user NAME");
         }
         wait_for_signal().await?;
         tracing::info!("shutting down");
