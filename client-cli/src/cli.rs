@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use natter_proto::limits::HISTORY_PAGE_MAX;
 use natter_raft::placement::SHARD_COUNT_DEFAULT;
 use serde::Serialize;
 
 use crate::certs::{self, CERT_NODES_MAX};
 use crate::error::Error;
 use crate::local::{self, UpOptions, UpReport, LOCAL_NODES_MAX, READY_TIMEOUT_DEFAULT};
+use crate::messaging;
 use crate::process::{StopOutcome, Stopped, STOP_GRACE_DEFAULT};
 use crate::status;
 use crate::table::render_table;
@@ -20,7 +22,7 @@ use crate::table::render_table;
 /// Most shards `natter cluster up` creates a cluster with.
 pub const SHARDS_MAX: u32 = 4096;
 
-/// The natter command-line tool: local clusters and cluster status.
+/// The natter command-line tool: messages, local clusters and cluster status.
 #[derive(Debug, Parser)]
 #[command(name = "natter", version)]
 pub struct Cli {
@@ -42,6 +44,104 @@ pub enum Command {
     Status(StatusArgs),
     /// Mint a client token (HS256 JWT) for a user, signed with the cluster's secret.
     Token(TokenArgs),
+    /// Create a conversation with other users (one member and no title: the 1:1 conversation).
+    Create(CreateArgs),
+    /// Send a message; TEXT `-` sends each line of stdin as a message.
+    Send(SendArgs),
+    /// Follow all of the user's conversations and print messages as they arrive.
+    Tail(TailArgs),
+    /// Print a page of a conversation's messages, oldest first.
+    History(HistoryArgs),
+    /// List the user's conversations.
+    Conversations(ConnectArgs),
+}
+
+/// How the messaging commands reach the cluster, and their output format.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// QUIC address of any node; repeat or separate with commas to give several, tried in
+    /// order [default: 127.0.0.1:7401, the `natter-node --dev` node]
+    #[arg(long = "server", value_name = "ADDR", env = "NATTER_SERVER", value_delimiter = ',', hide_env_values = true)]
+    pub servers: Vec<String>,
+    /// The user's token, from `natter token`
+    #[arg(long, value_name = "TOKEN", env = "NATTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster CA certificate [default: natter-data/tls/ca.pem if it exists]
+    #[arg(long, value_name = "FILE", env = "NATTER_CA", hide_env_values = true)]
+    pub ca: Option<PathBuf>,
+    /// This device's id; cursors and client_seqs are kept per device
+    #[arg(long, value_name = "DEVICE", default_value = "cli")]
+    pub device: String,
+    /// Print one JSON object per line (the protocol's JSON frames)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `natter create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The other members, comma separated (you are always a member)
+    #[arg(long, value_name = "USERS", value_delimiter = ',', required = true)]
+    pub members: Vec<String>,
+    /// A title (makes a group even with one other member)
+    #[arg(long, value_name = "TITLE")]
+    pub title: Option<String>,
+    /// How to reach the cluster, and the output format.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `natter send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The conversation id (26 characters, from `natter create` or `natter conversations`)
+    #[arg(value_name = "CONVERSATION")]
+    pub conversation: String,
+    /// The message; `-` reads stdin and sends each line as a message
+    #[arg(value_name = "TEXT", allow_hyphen_values = true)]
+    pub text: String,
+    /// The device's state file (cursors and the next client_seq) [default:
+    /// ~/.natter/cursors-USER-DEVICE.json]
+    #[arg(long, value_name = "FILE")]
+    pub cursors: Option<PathBuf>,
+    /// How to reach the cluster, and the output format.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `natter tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The device's state file: tail resumes after the last message it printed [default:
+    /// ~/.natter/cursors-USER-DEVICE.json]
+    #[arg(long, value_name = "FILE")]
+    pub cursors: Option<PathBuf>,
+    /// Stop after printing N messages [default: run until interrupted]
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Also print delivery and read receipts
+    #[arg(long)]
+    pub receipts: bool,
+    /// How to reach the cluster, and the output format.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Arguments of `natter history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The conversation id
+    #[arg(value_name = "CONVERSATION")]
+    pub conversation: String,
+    /// Most messages to print
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(HISTORY_PAGE_MAX)))]
+    pub limit: u32,
+    /// Only messages with seq below SEQ [default: the newest]
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<u64>,
+    /// How to reach the cluster, and the output format.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Arguments of `natter token`.
@@ -217,6 +317,11 @@ pub fn run(cli: Cli, out: &mut dyn Write, progress: &mut dyn Write) -> Result<()
                 .map_or(0, |elapsed| elapsed.as_secs());
             format!("{}\n", key.issue(&user, now, ttl))
         }
+        Command::Create(args) => return messaging::create(args, out),
+        Command::Send(args) => return messaging::send(args, out),
+        Command::Tail(args) => return messaging::tail(args, out, progress),
+        Command::History(args) => return messaging::history(args, out),
+        Command::Conversations(args) => return messaging::conversations(args, out),
         Command::Status(args) => {
             let address = match (&args.http, &args.dir) {
                 (Some(address), _) => address.clone(),

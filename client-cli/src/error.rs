@@ -129,6 +129,9 @@ pub enum Error {
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    /// A client operation failed (connecting, a refused request, the cursor file).
+    #[error("{0}")]
+    Client(#[from] crate::client::ClientError),
     /// An address given on the command line is not usable.
     #[error("invalid address {address:?}: {reason}")]
     BadAddress {

@@ -1,17 +1,27 @@
 //! The `natter` binary without a cluster: help texts, status rendering (from a fixed sample and
-//! through a stand-in HTTP server on loopback), `dev certs`, and error output.
+//! through a stand-in HTTP server on loopback), the messaging commands' output (from fixed
+//! frames), `dev certs`, and error output.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
+use natter_client::client::{ConversationInfo, SendOk};
+use natter_client::render;
 use natter_client::status::{self, ClusterStatus};
+use natter_proto::{ConversationId, ConversationSummary, DeviceId, MessageRecord, UserId};
 
 /// A fixed `/v1/admin/cluster` answer of a healthy 3-node, 8-shard cluster.
 const SAMPLE: &str = include_str!("fixtures/cluster_status.json");
 
 fn natter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_natter")).args(args).output().expect("natter runs")
+    Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(args)
+        .env_remove("NATTER_SERVER")
+        .env_remove("NATTER_TOKEN")
+        .env_remove("NATTER_CA")
+        .output()
+        .expect("natter runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -36,6 +46,93 @@ fn help_texts() {
     insta::assert_snapshot!("natter_cluster_up_help", stdout(&natter(&["cluster", "up", "--help"])));
     insta::assert_snapshot!("natter_status_help", stdout(&natter(&["status", "--help"])));
     insta::assert_snapshot!("natter_dev_certs_help", stdout(&natter(&["dev", "certs", "--help"])));
+    insta::assert_snapshot!("natter_create_help", stdout(&natter(&["create", "--help"])));
+    insta::assert_snapshot!("natter_send_help", stdout(&natter(&["send", "--help"])));
+    insta::assert_snapshot!("natter_tail_help", stdout(&natter(&["tail", "--help"])));
+    insta::assert_snapshot!("natter_history_help", stdout(&natter(&["history", "--help"])));
+    insta::assert_snapshot!("natter_conversations_help", stdout(&natter(&["conversations", "--help"])));
+}
+
+fn alice() -> UserId {
+    UserId::new("alice").unwrap()
+}
+
+/// A fixed message, as a `message` frame would carry it.
+fn message(seq: u64, body: &str) -> MessageRecord {
+    MessageRecord {
+        conversation: ConversationId::from_bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+        seq,
+        sender: alice(),
+        sender_device: DeviceId::new("phone-1").unwrap(),
+        client_seq: 16 + seq,
+        ts: 1_764_288_000_000 + seq * 61_000,
+        body: body.into(),
+    }
+}
+
+fn summaries() -> Vec<ConversationSummary> {
+    let users = |names: &[&str]| names.iter().map(|name| UserId::new(*name).unwrap()).collect::<Vec<_>>();
+    vec![
+        ConversationSummary {
+            id: ConversationId::from_bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+            last_seq: 43,
+            members: users(&["alice", "bob", "carol"]),
+            title: Some("trip".into()),
+        },
+        ConversationSummary {
+            id: ConversationId::direct(&alice(), &UserId::new("bob").unwrap()),
+            last_seq: 0,
+            members: users(&["alice", "bob"]),
+            title: None,
+        },
+    ]
+}
+
+#[test]
+fn message_output_for_people_and_scripts() {
+    let messages = [message(1, "hi bob"), message(2, "two lines\nof text"), message(3, "")];
+    let labels = render::labels(&summaries());
+    let label = &labels[&messages[0].conversation];
+    let mut tail = String::new();
+    let mut json = String::new();
+    for message in &messages {
+        tail.push_str(&render::render_message(message, Some(label)));
+        json.push_str(&render::json_message(message));
+    }
+    tail.push_str(&render::render_receipt(label, &UserId::new("bob").unwrap(), 2, 1));
+    json.push_str(&render::json_receipt(messages[0].conversation, &UserId::new("bob").unwrap(), 2, 1));
+    insta::assert_snapshot!("tail_human", tail);
+    insta::assert_snapshot!("messages_json", json);
+    insta::assert_snapshot!("history_human", render::render_history(messages[0].conversation, &messages));
+    assert_eq!(
+        render::render_history(messages[0].conversation, &[]),
+        "no messages in aaaqeayeaudaocajbifqydiob4 in that range\n"
+    );
+    // The JSON lines are the protocol's frames.
+    for line in json.lines() {
+        natter_proto::json::decode_server(line).unwrap();
+    }
+}
+
+#[test]
+fn send_create_and_conversations_output() {
+    let ok =
+        SendOk { conversation: summaries()[0].id, seq: 43, ts: 1_764_288_000_000, client_seq: 1_764_287_999_000_017 };
+    let created =
+        ConversationInfo { id: summaries()[0].id, members: summaries()[0].members.clone(), title: Some("trip".into()) };
+    let direct = ConversationInfo { id: summaries()[1].id, members: summaries()[1].members.clone(), title: None };
+    let text = [
+        render::render_send_ok(&ok),
+        render::json_send_ok(&ok),
+        render::render_created(&created),
+        render::render_created(&direct),
+        render::json_created(&created),
+    ]
+    .concat();
+    insta::assert_snapshot!("send_and_create", text);
+    insta::assert_snapshot!("conversations_human", render::render_conversations(&summaries()));
+    insta::assert_snapshot!("conversations_json", render::json_conversations(&summaries()));
+    assert!(render::render_conversations(&[]).starts_with("no conversations yet"));
 }
 
 #[test]
