@@ -101,7 +101,7 @@ pub struct SendArgs {
     #[arg(value_name = "TEXT", allow_hyphen_values = true)]
     pub text: String,
     /// The device's state file (cursors and the next client_seq) [default:
-    /// ~/.natter/cursors-USER-DEVICE.json]
+    /// ~/.natter/cursors-CLUSTER-USER-DEVICE.json]
     #[arg(long, value_name = "FILE")]
     pub cursors: Option<PathBuf>,
     /// How to reach the cluster, and the output format.
@@ -113,7 +113,7 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 pub struct TailArgs {
     /// The device's state file: tail resumes after the last message it printed [default:
-    /// ~/.natter/cursors-USER-DEVICE.json]
+    /// ~/.natter/cursors-CLUSTER-USER-DEVICE.json]
     #[arg(long, value_name = "FILE")]
     pub cursors: Option<PathBuf>,
     /// Stop after printing N messages [default: run until interrupted]

@@ -94,18 +94,25 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Where `send` and `tail` keep a device's state when `--cursors` is not given:
-/// `$HOME/.natter/cursors-USER-DEVICE.json`, or `./natter-cursors-USER-DEVICE.json` without a
-/// home directory. The device is part of the name because cursors and `client_seq`s are the
-/// device's.
-pub fn default_cursor_file(home: Option<&Path>, user: &UserId, device: &str) -> PathBuf {
-    let name = format!("cursors-{user}-{device}.json");
+/// `$HOME/.natter/cursors-CLUSTER-USER-DEVICE.json`, or `./natter-cursors-…` without a home
+/// directory. The device is part of the name because cursors and `client_seq`s are the
+/// device's; CLUSTER (a hash of the cluster CA) because a new cluster, say a fresh `--dev`
+/// data dir, restarts every conversation at seq 1 and must not inherit old cursors.
+pub fn default_cursor_file(home: Option<&Path>, cluster: &str, user: &UserId, device: &str) -> PathBuf {
+    let name = format!("cursors-{cluster}-{user}-{device}.json");
     match home.filter(|home| !home.as_os_str().is_empty()) {
         Some(home) => home.join(".natter").join(name),
         None => PathBuf::from(format!("natter-{name}")),
     }
 }
 
-fn cursor_store(args: &ConnectArgs, explicit: Option<&Path>) -> Result<FileCursors, Error> {
+/// A short name for the cluster whose CA is `ca_pem`.
+pub fn cluster_tag(ca_pem: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(ca_pem).iter().take(4).map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn cursor_store(args: &ConnectArgs, ca_pem: &[u8], explicit: Option<&Path>) -> Result<FileCursors, Error> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
         None => {
@@ -114,7 +121,7 @@ fn cursor_store(args: &ConnectArgs, explicit: Option<&Path>) -> Result<FileCurso
                 Error::Usage("the token names no user (not a JWT with a `sub` claim); give --cursors FILE".into())
             })?;
             let home = std::env::var_os("HOME").map(PathBuf::from);
-            default_cursor_file(home.as_deref(), &user, &args.device)
+            default_cursor_file(home.as_deref(), &cluster_tag(ca_pem), &user, &args.device)
         }
     };
     Ok(FileCursors::open(path)?)
@@ -164,7 +171,7 @@ pub fn send(args: SendArgs, out: &mut dyn Write) -> Result<(), Error> {
     let conversation = parse_conversation(&args.conversation)?;
     let mut config = client_config(&args.connect)?;
     config.receive_messages = false;
-    let store = cursor_store(&args.connect, args.cursors.as_deref())?;
+    let store = cursor_store(&args.connect, &config.ca_pem, args.cursors.as_deref())?;
     let json = args.connect.json;
     let render = |ok: &SendOk| if json { render::json_send_ok(ok) } else { render::render_send_ok(ok) };
     runtime()?.block_on(async {
@@ -273,7 +280,7 @@ pub fn conversations(args: ConnectArgs, out: &mut dyn Write) -> Result<(), Error
 /// Ctrl-C; connection changes and errors go to `progress`.
 pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Result<(), Error> {
     let config = client_config(&args.connect)?;
-    let store = cursor_store(&args.connect, args.cursors.as_deref())?;
+    let store = cursor_store(&args.connect, &config.ca_pem, args.cursors.as_deref())?;
     let json = args.connect.json;
     runtime()?.block_on(async {
         let client = connect(config, Box::new(store)).await?;
@@ -352,9 +359,14 @@ mod tests {
     fn default_cursor_files_are_per_user_and_device() {
         let alice = UserId::new("alice").unwrap();
         assert_eq!(
-            default_cursor_file(Some(Path::new("/home/a")), &alice, "cli"),
-            PathBuf::from("/home/a/.natter/cursors-alice-cli.json")
+            default_cursor_file(Some(Path::new("/home/a")), "0a1b2c3d", &alice, "cli"),
+            PathBuf::from("/home/a/.natter/cursors-0a1b2c3d-alice-cli.json")
         );
-        assert_eq!(default_cursor_file(None, &alice, "cli"), PathBuf::from("natter-cursors-alice-cli.json"));
+        assert_eq!(
+            default_cursor_file(None, "0a1b2c3d", &alice, "cli"),
+            PathBuf::from("natter-cursors-0a1b2c3d-alice-cli.json")
+        );
+        assert_eq!(cluster_tag(b"ca one").len(), 8);
+        assert_ne!(cluster_tag(b"ca one"), cluster_tag(b"ca two"), "another cluster, other cursors");
     }
 }
