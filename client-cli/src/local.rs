@@ -384,6 +384,15 @@ fn remove(path: &Path) -> Result<(), Error> {
     result.map_err(Error::io("cannot remove", path))
 }
 
+/// Starts node `id` of the cluster in `dir` again (after it stopped or was killed), detached,
+/// appending to its log and recording its new pid; returns the pid. Its data is kept, so it
+/// rejoins with its LMDB state.
+pub fn restart(dir: &Path, id: u64, binary: &Path) -> Result<u32, Error> {
+    let root = dir.canonicalize().map_err(Error::io("cannot resolve", dir))?;
+    let (process, _child) = spawn(&ClusterDir::new(root), id, binary)?;
+    Ok(process.pid)
+}
+
 /// Starts node `id` detached, logging to its log file, and records its pid.
 fn spawn(dir: &ClusterDir, id: u64, binary: &Path) -> Result<(NodeProcess, Child), Error> {
     let log_path = dir.log(id);
