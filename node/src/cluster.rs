@@ -291,7 +291,7 @@ impl Cluster {
         if leader != Some(self.config.node_id) {
             return PeerResponse::NotLeader { leader };
         }
-        self.deliveries.register_interest(node, conversations, Instant::now());
+        let fresh = self.deliveries.register_interest(node, conversations, Instant::now());
         let progress = self.store.read_shard(shard, |reader, txn| {
             let mut progress = Vec::with_capacity(conversations.len());
             for conversation in conversations {
@@ -301,6 +301,21 @@ impl Cluster {
             }
             Ok(progress)
         });
+        // Receipts pushed before this leader knew of `node` are lost to it: send the current
+        // ones (per member, the highest over its devices) for each newly registered conversation.
+        for conversation in fresh {
+            let receipts = self.store.read_shard(shard, |reader, txn| {
+                let mut highest: BTreeMap<natter_proto::UserId, (u64, u64)> = BTreeMap::new();
+                for (member, _, cursor) in reader.cursors(txn, &conversation)? {
+                    let entry = highest.entry(member).or_default();
+                    *entry = (entry.0.max(cursor.delivered), entry.1.max(cursor.read));
+                }
+                Ok(highest)
+            });
+            for (user, (delivered, read)) in receipts.unwrap_or_default() {
+                self.push_to(node, shard, Push::Receipt { conversation, user, delivered, read });
+            }
+        }
         match progress {
             Ok(progress) => PeerResponse::Interest(progress),
             Err(error) => PeerResponse::Failed(error.to_string()),
@@ -310,20 +325,24 @@ impl Cluster {
     /// Leader side, after an append or a cursor move committed: push it to every interested
     /// node.
     fn push(&self, shard: ShardId, push: Push) {
-        let me = self.config.node_id;
         let conversation = Deliveries::conversation_of(&push);
         for node in self.deliveries.interested(&conversation, Instant::now()) {
-            if node == me {
-                self.deliveries.dispatch(conversation, push.clone());
-                continue;
-            }
-            let transport = self.transport.clone();
-            let request = PeerRequest::Deliver { shard, push: push.clone() };
-            // A lost push is found by the receiver's next refresh; never wait for it here.
-            crate::spawn(async move {
-                let _ = transport.call(node, &request, None, INTEREST_REFRESH).await;
-            });
+            self.push_to(node, shard, push.clone());
         }
+    }
+
+    /// Hands `push` to `node`'s sessions: directly when it is this node, else by RPC.
+    fn push_to(&self, node: NodeId, shard: ShardId, push: Push) {
+        if node == self.config.node_id {
+            self.deliveries.dispatch(Deliveries::conversation_of(&push), push);
+            return;
+        }
+        let transport = self.transport.clone();
+        let request = PeerRequest::Deliver { shard, push };
+        // A lost push is found by the receiver's next refresh; never wait for it here.
+        crate::spawn(async move {
+            let _ = transport.call(node, &request, None, INTEREST_REFRESH).await;
+        });
     }
 
     /// The node's store (for local reads after [`Cluster::linearizable_read`]).

@@ -122,12 +122,27 @@ impl Deliveries {
         }
     }
 
-    /// Leader side: `node` wants `conversations` until `now + INTEREST_TTL`.
-    pub fn register_interest(&self, node: NodeId, conversations: &[ConversationId], now: Instant) {
+    /// Leader side: `node` wants `conversations` until `now + INTEREST_TTL`. Returns the
+    /// conversations this leader did not already push to `node` (a new session there, or a
+    /// new leader here): those may have missed receipts, so the caller sends their current
+    /// receipts.
+    pub fn register_interest(
+        &self,
+        node: NodeId,
+        conversations: &[ConversationId],
+        now: Instant,
+    ) -> Vec<ConversationId> {
         let mut interest = self.interest.lock().expect("interest lock");
+        let mut fresh = Vec::new();
         for conversation in conversations {
-            interest.entry(*conversation).or_default().insert(node, now + INTEREST_TTL);
+            let nodes = interest.entry(*conversation).or_default();
+            let known = nodes.get(&node).is_some_and(|expiry| *expiry > now);
+            nodes.insert(node, now + INTEREST_TTL);
+            if !known {
+                fresh.push(*conversation);
+            }
         }
+        fresh
     }
 
     /// Leader side: the nodes that want `conversation` now (expired interest is dropped).
@@ -157,7 +172,8 @@ mod tests {
     async fn interest_expires_without_renewal() {
         let deliveries = Deliveries::default();
         let now = Instant::now();
-        deliveries.register_interest(2, &[conversation(1)], now);
+        assert_eq!(deliveries.register_interest(2, &[conversation(1)], now), vec![conversation(1)]);
+        assert_eq!(deliveries.register_interest(2, &[conversation(1)], now), vec![], "renewal is not new");
         deliveries.register_interest(3, &[conversation(1)], now + Duration::from_secs(2));
         assert_eq!(deliveries.interested(&conversation(1), now + Duration::from_secs(1)), vec![2, 3]);
         assert_eq!(deliveries.interested(&conversation(1), now + Duration::from_secs(4)), vec![3]);

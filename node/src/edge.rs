@@ -112,6 +112,7 @@ impl ClientEdge {
             subscription: None,
             new_pushes: None,
             delivered: BTreeMap::new(),
+            receipts: BTreeMap::new(),
         };
         session.run().await;
         if let Some(id) = session.subscription {
@@ -155,6 +156,9 @@ struct Session {
     new_pushes: Option<mpsc::Receiver<Push>>,
     /// Per subscribed conversation, the last seq delivered to this session.
     delivered: BTreeMap<ConversationId, u64>,
+    /// The last receipt sent per (conversation, member): receipts only ever go forward, even
+    /// when a new leader answers from a replica that applied a little less.
+    receipts: BTreeMap<(ConversationId, UserId), (u64, u64)>,
 }
 
 /// Waits for the next push, or forever before the session subscribed.
@@ -271,7 +275,13 @@ impl Session {
                 if !self.delivered.contains_key(&conversation) {
                     return Ok(());
                 }
-                self.write(&ServerFrame::Receipt { conversation, user, delivered, read }).await
+                let last = self.receipts.get(&(conversation, user.clone())).copied();
+                let next = last.map_or((delivered, read), |(d, r)| (d.max(delivered), r.max(read)));
+                if Some(next) == last {
+                    return Ok(());
+                }
+                self.receipts.insert((conversation, user.clone()), next);
+                self.write(&ServerFrame::Receipt { conversation, user, delivered: next.0, read: next.1 }).await
             }
             Push::Behind { conversation, last_seq } => match self.delivered.get(&conversation) {
                 Some(&last) if last_seq > last => self.catch_up(conversation).await,
