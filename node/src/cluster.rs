@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::delivery::{Deliveries, Push, INTEREST_REFRESH};
-use crate::env::NodeEnv;
+use crate::env::{Clock, NodeEnv};
 use crate::metrics::Metrics;
 use crate::network::{Router, ShardNetworkFactory};
 use crate::rpc::{PeerRequest, PeerResponse};
@@ -124,6 +124,7 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     stopping: std::sync::atomic::AtomicBool,
     deliveries: Arc<Deliveries>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Cluster {
@@ -175,6 +176,7 @@ impl Cluster {
             metrics: Arc::new(Metrics::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             deliveries: Arc::new(Deliveries::default()),
+            clock: env.clock.clone(),
         });
         // Serve peers before initialising: a group's first membership entry commits only once a
         // majority of its replicas answer, and they are starting up just like this node.
@@ -235,6 +237,11 @@ impl Cluster {
         }
     }
 
+    /// The node's clock (from its `NodeEnv`).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Local sessions' subscriptions and, as a leader, other nodes' interest.
     pub fn deliveries(&self) -> &Arc<Deliveries> {
         &self.deliveries
@@ -291,7 +298,7 @@ impl Cluster {
         if leader != Some(self.config.node_id) {
             return PeerResponse::NotLeader { leader };
         }
-        let fresh = self.deliveries.register_interest(node, conversations, Instant::now());
+        let fresh = self.deliveries.register_interest(node, conversations, self.clock.now());
         let progress = self.store.read_shard(shard, |reader, txn| {
             let mut progress = Vec::with_capacity(conversations.len());
             for conversation in conversations {
@@ -326,7 +333,7 @@ impl Cluster {
     /// node.
     fn push(&self, shard: ShardId, push: Push) {
         let conversation = Deliveries::conversation_of(&push);
-        for node in self.deliveries.interested(&conversation, Instant::now()) {
+        for node in self.deliveries.interested(&conversation, self.clock.now()) {
             self.push_to(node, shard, push.clone());
         }
     }
@@ -380,12 +387,12 @@ impl Cluster {
     /// `proposal_timeout_ms` passes. Commands are idempotent, so a retry after an ambiguous
     /// failure cannot apply twice.
     pub async fn propose(&self, shard: ShardId, command: Command) -> Result<Response, ClusterError> {
-        let started = Instant::now();
+        let started = self.clock.now();
         let result = self.propose_inner(shard, command, started).await;
         match &result {
             Ok(_) => {
                 self.metrics.proposals_committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.metrics.proposal_latency.observe(started.elapsed());
+                self.metrics.proposal_latency.observe(self.clock.now() - started);
             }
             Err(_) => {
                 self.metrics.proposals_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -407,7 +414,7 @@ impl Cluster {
         let mut attempt = 0usize;
         let mut last_failure = String::from("no attempt finished");
         loop {
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= deadline {
                 return Err(ClusterError::Unavailable { shard, reason: last_failure });
             }
@@ -440,7 +447,7 @@ impl Cluster {
             }
             // No usable hint: try the next replica after a growing pause.
             target = replicas[attempt % replicas.len()];
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(self.clock.now()))).await;
             pause = (pause * 2).min(PROPOSE_RETRY_PAUSE_MAX);
         }
     }
@@ -514,13 +521,13 @@ impl Cluster {
     pub async fn linearizable_read(&self, shard: ShardId) -> Result<(), ClusterError> {
         let raft = self.groups.get(&shard).ok_or(ClusterError::NotReplica(shard))?;
         let replicas = self.placement[&shard].clone();
-        let started = Instant::now();
+        let started = self.clock.now();
         let deadline = started + Duration::from_millis(self.config.proposal_timeout_ms);
         let mut target = self.leader_guess(shard, &replicas);
         let mut attempt = 0usize;
         let mut last_failure = String::from("no attempt finished");
-        while Instant::now() < deadline {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        while self.clock.now() < deadline {
+            let remaining = deadline.saturating_duration_since(self.clock.now());
             attempt += 1;
             let answer = if target == self.config.node_id {
                 self.read_index_local(shard, remaining).await
@@ -532,7 +539,7 @@ impl Cluster {
             };
             match answer {
                 PeerResponse::ReadIndex(index) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let remaining = deadline.saturating_duration_since(self.clock.now());
                     return match raft
                         .wait(Some(remaining))
                         .applied_index_at_least(Some(index), "linearizable read")
@@ -562,12 +569,12 @@ impl Cluster {
         if self.groups.contains_key(&shard) {
             return self.read_local(shard, &query).await;
         }
-        let deadline = Instant::now() + Duration::from_millis(self.config.proposal_timeout_ms);
+        let deadline = self.clock.now() + Duration::from_millis(self.config.proposal_timeout_ms);
         let mut target = self.leader_hints.lock().expect("hints lock").get(&shard).copied().unwrap_or(replicas[0]);
         let mut attempt = 0usize;
         let mut last_failure = String::from("no attempt finished");
-        while Instant::now() < deadline {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        while self.clock.now() < deadline {
+            let remaining = deadline.saturating_duration_since(self.clock.now());
             attempt += 1;
             let request = PeerRequest::Read { shard, query: query.clone() };
             match self.transport.call(target, &request, None, remaining).await {
@@ -795,9 +802,9 @@ impl Cluster {
                 Err(error) => tracing::warn!(%shard, %error, "leadership hand-off failed"),
             }
         }
-        let handoff_deadline = Instant::now() + LEADERSHIP_HANDOFF_TIMEOUT;
+        let handoff_deadline = self.clock.now() + LEADERSHIP_HANDOFF_TIMEOUT;
         for raft in handed_off {
-            let remaining = handoff_deadline.saturating_duration_since(Instant::now());
+            let remaining = handoff_deadline.saturating_duration_since(self.clock.now());
             let _ = raft
                 .wait(Some(remaining))
                 .metrics(|metrics| metrics.current_leader != Some(me), "leadership handed off")

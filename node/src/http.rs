@@ -79,8 +79,8 @@ async fn admin_probe(State(cluster): State<Arc<Cluster>>, Query(query): Query<Pr
     let probes = shards.into_iter().map(|shard| {
         let cluster = cluster.clone();
         async move {
-            let started = tokio::time::Instant::now();
-            let nonce = started.elapsed().as_nanos() as u64 ^ u64::from(shard);
+            let started = cluster.clock().now();
+            let nonce = cluster.clock().wall_ms() ^ u64::from(shard);
             let result = cluster.propose(ShardId(shard), Command::Probe { nonce }).await;
             let index = match &result {
                 Ok(natter_raft::Response::Probed { index }) => Some(*index),
@@ -90,7 +90,7 @@ async fn admin_probe(State(cluster): State<Arc<Cluster>>, Query(query): Query<Pr
                 shard,
                 committed: result.is_ok(),
                 index,
-                millis: started.elapsed().as_secs_f64() * 1e3,
+                millis: (cluster.clock().now() - started).as_secs_f64() * 1e3,
                 error: result.err().map(|error| error.to_string()),
             }
         }

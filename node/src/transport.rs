@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::env::NodeEnv;
+use crate::env::{Clock, NodeEnv};
 use crate::rpc::{
     read_frame, read_raw, write_frame, write_raw, PeerRequest, PeerResponse, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
@@ -109,6 +109,7 @@ pub struct Transport {
     states: Mutex<BTreeMap<NodeId, PeerState>>,
     rng: Mutex<StdRng>,
     clients: Mutex<Option<Arc<dyn ClientHandler>>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Transport {
@@ -137,6 +138,7 @@ impl Transport {
             states: Mutex::new(states),
             rng: Mutex::new(env.entropy.rng("transport-backoff")),
             clients: Mutex::new(None),
+            clock: env.clock.clone(),
         }))
     }
 
@@ -171,7 +173,7 @@ impl Transport {
                     self.set_state(node, PeerState::Disconnected);
                 }
                 if !state.connecting {
-                    if state.retry_at.is_some_and(|retry_at| Instant::now() < retry_at) {
+                    if state.retry_at.is_some_and(|retry_at| self.clock.now() < retry_at) {
                         return Err(unreachable(format!("backing off after: {}", state.last_error)));
                     }
                     state.connecting = true;
@@ -212,7 +214,7 @@ impl Transport {
                     let exponent = state.failures.min(16) - 1;
                     let backoff = RECONNECT_BACKOFF_MIN.saturating_mul(1 << exponent).min(RECONNECT_BACKOFF_MAX);
                     let jitter: f64 = self.rng.lock().expect("rng lock").random_range(0.5..1.0);
-                    state.retry_at = Some(Instant::now() + backoff.mul_f64(jitter));
+                    state.retry_at = Some(self.clock.now() + backoff.mul_f64(jitter));
                     state.last_error = reason;
                 }
             }

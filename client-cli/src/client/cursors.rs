@@ -45,7 +45,8 @@ impl CursorState {
     /// Starting from the clock puts a fresh store above every `client_seq` the device used
     /// before, unless it averaged more than a million sends per second. Within one store the
     /// numbers still go up by one, so the server's dedup window (4096 values) covers the
-    /// device's recent sends as designed.
+    /// device's recent sends as designed. The simulator, where the OS clock must not reach
+    /// behaviour, starts its stores with [`CursorState::starting_at`] instead.
     pub fn fresh() -> Self {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

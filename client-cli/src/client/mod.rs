@@ -805,7 +805,7 @@ impl Task {
                     self.queue_acks();
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => {
-                    self.core.handle_timeout(std::time::Instant::now());
+                    self.core.handle_timeout(tokio::time::Instant::now().into_std());
                 }
             }
         };
@@ -829,7 +829,9 @@ impl Task {
     /// Feeds `bytes` to the session's decoder and every whole frame to the core.
     fn decode(&mut self, decoder: &mut FrameDecoder, node: SocketAddr, bytes: &[u8]) -> Result<(), String> {
         let mut rest = bytes;
-        let now = std::time::Instant::now();
+        // tokio's clock, not the OS's: the simulator drives it, and the core's timers are
+        // compared against it.
+        let now = tokio::time::Instant::now().into_std();
         loop {
             let taken = decoder.push(rest);
             rest = &rest[taken..];
