@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_node::config::{Config, NodeAddress};
 use natter_node::{Cluster, NodeEnv, NodeHandle};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use natter_raft::placement::{shard_of_conversation, ShardId};
@@ -96,22 +96,11 @@ impl LoopbackCluster {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut nodes = Vec::new();
         for address in &addresses {
-            let data_dir = dir.path().join(format!("node-{}", address.id));
             let config = Config {
-                node_id: address.id,
-                data_dir: data_dir.clone(),
-                nodes: addresses.clone(),
-                shards,
-                tls: TlsFiles {
-                    ca_cert: tls_dir.join("ca.pem"),
-                    cert: tls_dir.join(format!("node-{}.pem", address.id)),
-                    key: tls_dir.join(format!("node-{}.key", address.id)),
-                },
-                raft: RaftTimings::default(),
                 proposal_timeout_ms: PROPOSAL_TIMEOUT_MS,
-                rpc_timeout_ms: 2_000,
-                jwt_secret: None,
+                ..Config::cluster_member(address.id, &addresses, shards, dir.path())
             };
+            let data_dir = config.data_dir.clone();
             let mut env = NodeEnv::production(data_dir);
             env.http = false;
             env.durability = durability;

@@ -161,6 +161,29 @@ impl Config {
         }
     }
 
+    /// The config of node `id` of a cluster laid out in one directory, as local clusters,
+    /// tests and benchmarks lay it out: data in `dir/node-<id>`, the CA and node certificates
+    /// in `dir/tls` (as `tls::write_cluster_certs` writes them), default timings, no client
+    /// token secret.
+    pub fn cluster_member(id: NodeId, nodes: &[NodeAddress], shards: u32, dir: &Path) -> Self {
+        let tls_dir = dir.join("tls");
+        Self {
+            node_id: id,
+            data_dir: dir.join(format!("node-{id}")),
+            nodes: nodes.to_vec(),
+            shards,
+            tls: TlsFiles {
+                ca_cert: tls_dir.join("ca.pem"),
+                cert: tls_dir.join(format!("{}.pem", crate::tls::node_name(id))),
+                key: tls_dir.join(format!("{}.key", crate::tls::node_name(id))),
+            },
+            raft: RaftTimings::default(),
+            proposal_timeout_ms: default_proposal_timeout_ms(),
+            rpc_timeout_ms: default_rpc_timeout_ms(),
+            jwt_secret: None,
+        }
+    }
+
     /// Reads `path`, applies `NATTER_*` overrides from `environment`, and validates.
     pub fn load(path: &Path, environment: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
@@ -264,6 +287,23 @@ mod tests {
     #[test]
     fn dev_config_round_trips_through_toml() {
         let config = Config::dev("/tmp/natter-test".into());
+        assert_eq!(Config::parse(&config.to_toml(), []).unwrap(), config);
+    }
+
+    #[test]
+    fn cluster_members_validate_and_lay_out_one_directory() {
+        let nodes: Vec<NodeAddress> = (1..=3)
+            .map(|id| NodeAddress {
+                id,
+                peer_addr: format!("127.0.0.1:{}", 7400 + id).parse().unwrap(),
+                http_addr: format!("127.0.0.1:{}", 7480 + id).parse().unwrap(),
+            })
+            .collect();
+        let config = Config::cluster_member(2, &nodes, 8, Path::new("/c"));
+        config.validate().unwrap();
+        assert_eq!(config.me(), &nodes[1]);
+        assert_eq!(config.data_dir, PathBuf::from("/c/node-2"));
+        assert_eq!(config.tls.cert, PathBuf::from("/c/tls/node-2.pem"));
         assert_eq!(Config::parse(&config.to_toml(), []).unwrap(), config);
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_node::config::{Config, NodeAddress};
 use natter_node::env::NodeEnv;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frames::{ClientFrame, ServerFrame};
@@ -57,19 +57,9 @@ async fn start_cluster(count: u64) -> Cluster {
     let mut handles = Vec::new();
     for &id in &ids {
         let config = Config {
-            node_id: id,
-            data_dir: dir.path().join(format!("node-{id}")),
-            nodes: addresses.clone(),
-            shards: 8,
-            tls: TlsFiles {
-                ca_cert: tls_dir.join("ca.pem"),
-                cert: tls_dir.join(format!("node-{id}.pem")),
-                key: tls_dir.join(format!("node-{id}.key")),
-            },
-            raft: RaftTimings::default(),
             proposal_timeout_ms: 5_000,
-            rpc_timeout_ms: 2_000,
             jwt_secret: Some(SECRET.into()),
+            ..Config::cluster_member(id, &addresses, 8, dir.path())
         };
         let mut env = NodeEnv::production(config.data_dir.clone());
         env.durability = Durability::NoSync;

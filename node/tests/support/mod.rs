@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
+use natter_node::config::{Config, NodeAddress};
 use rand::SeedableRng;
 use serde_json::Value;
 
@@ -42,19 +42,9 @@ impl ProcessCluster {
         let mut http = BTreeMap::new();
         for address in &addresses {
             let config = Config {
-                node_id: address.id,
-                data_dir: dir.path().join(format!("node-{}", address.id)),
-                nodes: addresses.clone(),
-                shards,
-                tls: TlsFiles {
-                    ca_cert: tls_dir.join("ca.pem"),
-                    cert: tls_dir.join(format!("node-{}.pem", address.id)),
-                    key: tls_dir.join(format!("node-{}.key", address.id)),
-                },
-                raft: RaftTimings::default(),
                 proposal_timeout_ms: 5_000,
-                rpc_timeout_ms: 2_000,
                 jwt_secret: None,
+                ..Config::cluster_member(address.id, &addresses, shards, dir.path())
             };
             let path = dir.path().join(format!("node-{}.toml", address.id));
             std::fs::write(&path, config.to_toml()).unwrap();
