@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use natter_proto::{ConversationId, MessageRecord};
+use natter_proto::MessageRecord;
 use natter_raft::command::{Command, Response};
-use natter_raft::placement::{replicas, shard_of_conversation, ShardId};
+use natter_raft::placement::{replicas, ShardId};
 use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
 use natter_raft::types::{NodeId, NodeInfo, Raft, SnapshotMeta};
@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::delivery::{Deliveries, Push, INTEREST_REFRESH};
+use crate::delivery::{Deliveries, Listing, Push, Topic, INTEREST_REFRESH};
 use crate::env::{Clock, NodeEnv};
 use crate::metrics::Metrics;
 use crate::network::{Router, ShardNetworkFactory};
@@ -248,49 +248,67 @@ impl Cluster {
     }
 
     /// Renews this node's interest with the leader of every shard its sessions want, and tells
-    /// sessions how far each conversation has got so they can fill gaps.
+    /// sessions where each topic stands so they can fill gaps and find missed joins. Between
+    /// the full rounds (every [`INTEREST_REFRESH`]) it registers topics the node has just
+    /// started to want, batched, so a new session's pushes start without waiting a second.
     async fn refresh_interest(self: Arc<Self>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let me = self.config.node_id;
+        let mut next_full = self.clock.now();
         while !self.stopping.load(Relaxed) {
-            let mut by_shard: BTreeMap<ShardId, Vec<ConversationId>> = BTreeMap::new();
-            for conversation in self.deliveries.wanted() {
-                by_shard
-                    .entry(shard_of_conversation(&conversation, self.config.shards))
-                    .or_default()
-                    .push(conversation);
+            let topics = if self.clock.now() >= next_full {
+                next_full = self.clock.now() + INTEREST_REFRESH;
+                // A full round covers the fresh topics too.
+                self.deliveries.take_fresh();
+                self.deliveries.wanted()
+            } else {
+                self.deliveries.take_fresh()
+            };
+            self.register_interest(topics).await;
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(next_full) => {}
+                () = self.deliveries.fresh_added() => {}
             }
-            for (shard, conversations) in by_shard {
-                let replicas = self.placement[&shard].clone();
-                let mut target = self.leader_guess(shard, &replicas);
-                for _ in 0..2 {
-                    let answer = if target == me {
-                        self.interest_local(shard, me, &conversations)
-                    } else {
-                        let request = PeerRequest::Interest { shard, node: me, conversations: conversations.clone() };
-                        self.transport
-                            .call(target, &request, None, INTEREST_REFRESH)
-                            .await
-                            .unwrap_or_else(|error| PeerResponse::Failed(error.to_string()))
-                    };
-                    match answer {
-                        PeerResponse::Interest(progress) => {
-                            for (conversation, last_seq) in progress {
-                                self.deliveries.dispatch(conversation, Push::Behind { conversation, last_seq });
-                            }
-                            break;
+        }
+    }
+
+    /// Registers this node's interest in `topics` with their shards' leaders and dispatches
+    /// the answers to local sessions.
+    async fn register_interest(&self, topics: Vec<Topic>) {
+        let me = self.config.node_id;
+        let mut by_shard: BTreeMap<ShardId, Vec<Topic>> = BTreeMap::new();
+        for topic in topics {
+            by_shard.entry(topic.shard(self.config.shards)).or_default().push(topic);
+        }
+        for (shard, topics) in by_shard {
+            let replicas = self.placement[&shard].clone();
+            let mut target = self.leader_guess(shard, &replicas);
+            for _ in 0..2 {
+                let answer = if target == me {
+                    self.interest_local(shard, me, &topics)
+                } else {
+                    let request = PeerRequest::Interest { shard, node: me, topics: topics.clone() };
+                    self.transport
+                        .call(target, &request, None, INTEREST_REFRESH)
+                        .await
+                        .unwrap_or_else(|error| PeerResponse::Failed(error.to_string()))
+                };
+                match answer {
+                    PeerResponse::Interest(progress) => {
+                        for push in progress {
+                            self.deliveries.dispatch(push);
                         }
-                        PeerResponse::NotLeader { leader: Some(leader) } => target = leader,
-                        _ => break,
+                        break;
                     }
+                    PeerResponse::NotLeader { leader: Some(leader) } => target = leader,
+                    _ => break,
                 }
             }
-            tokio::time::sleep(INTEREST_REFRESH).await;
         }
     }
 
     /// Leader side of [`PeerRequest::Interest`].
-    fn interest_local(&self, shard: ShardId, node: NodeId, conversations: &[ConversationId]) -> PeerResponse {
+    fn interest_local(&self, shard: ShardId, node: NodeId, topics: &[Topic]) -> PeerResponse {
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
         };
@@ -298,19 +316,28 @@ impl Cluster {
         if leader != Some(self.config.node_id) {
             return PeerResponse::NotLeader { leader };
         }
-        let fresh = self.deliveries.register_interest(node, conversations, self.clock.now());
+        let fresh = self.deliveries.register_interest(node, topics, self.clock.now());
         let progress = self.store.read_shard(shard, |reader, txn| {
-            let mut progress = Vec::with_capacity(conversations.len());
-            for conversation in conversations {
-                if let Some(view) = reader.conversation(txn, conversation)? {
-                    progress.push((*conversation, view.last_seq));
+            let mut progress = Vec::with_capacity(topics.len());
+            for topic in topics {
+                match topic {
+                    Topic::Conversation(conversation) => {
+                        if let Some(view) = reader.conversation(txn, conversation)? {
+                            progress.push(Push::Behind { conversation: *conversation, last_seq: view.last_seq });
+                        }
+                    }
+                    Topic::User(user) => {
+                        let digest = Listing::new(reader.user_conversations(txn, user)?).digest();
+                        progress.push(Push::Listing { user: user.clone(), digest });
+                    }
                 }
             }
             Ok(progress)
         });
         // Receipts pushed before this leader knew of `node` are lost to it: send the current
         // ones (per member, the highest over its devices) for each newly registered conversation.
-        for conversation in fresh {
+        for topic in fresh {
+            let Topic::Conversation(conversation) = topic else { continue };
             let receipts = self.store.read_shard(shard, |reader, txn| {
                 let mut highest: BTreeMap<natter_proto::UserId, (u64, u64)> = BTreeMap::new();
                 for (member, _, cursor) in reader.cursors(txn, &conversation)? {
@@ -329,11 +356,10 @@ impl Cluster {
         }
     }
 
-    /// Leader side, after an append or a cursor move committed: push it to every interested
-    /// node.
+    /// Leader side, after an append, a cursor move or a join committed: push it to every
+    /// interested node.
     fn push(&self, shard: ShardId, push: Push) {
-        let conversation = Deliveries::conversation_of(&push);
-        for node in self.deliveries.interested(&conversation, self.clock.now()) {
+        for node in self.deliveries.interested(&push.topic(), self.clock.now()) {
             self.push_to(node, shard, push.clone());
         }
     }
@@ -341,7 +367,7 @@ impl Cluster {
     /// Hands `push` to `node`'s sessions: directly when it is this node, else by RPC.
     fn push_to(&self, node: NodeId, shard: ShardId, push: Push) {
         if node == self.config.node_id {
-            self.deliveries.dispatch(Deliveries::conversation_of(&push), push);
+            self.deliveries.dispatch(push);
             return;
         }
         let transport = self.transport.clone();
@@ -478,6 +504,13 @@ impl Cluster {
             Command::MoveCursor { conversation, user, .. } => Some((*conversation, user.clone())),
             _ => None,
         };
+        // A join recorded on the user's shard (relayed from the conversation's outbox). A
+        // duplicate or stale record is pushed too: sessions already following the conversation
+        // ignore it, and a stale one is refused by the membership check when they read it.
+        let joined = match &command {
+            Command::ApplyMembership { user, conversation, member: true, .. } => Some((user.clone(), *conversation)),
+            _ => None,
+        };
         match tokio::time::timeout(remaining, raft.client_write(command)).await {
             Ok(Ok(written)) => {
                 if let (
@@ -504,6 +537,9 @@ impl Cluster {
                     if let Ok((delivered, read)) = receipt {
                         self.push(shard, Push::Receipt { conversation, user, delivered, read });
                     }
+                }
+                if let (Some((user, conversation)), Response::Done) = (joined, &written.data) {
+                    self.push(shard, Push::Joined { user, conversation });
                 }
                 PeerResponse::Proposed(written.data)
             }
@@ -619,11 +655,11 @@ impl Cluster {
         if let PeerRequest::ReadIndex { .. } = request {
             return self.read_index_local(shard, Duration::from_millis(self.config.proposal_timeout_ms)).await;
         }
-        if let PeerRequest::Interest { node, conversations, .. } = &request {
-            return self.interest_local(shard, *node, conversations);
+        if let PeerRequest::Interest { node, topics, .. } = &request {
+            return self.interest_local(shard, *node, topics);
         }
         if let PeerRequest::Deliver { push, .. } = request {
-            self.deliveries.dispatch(Deliveries::conversation_of(&push), push);
+            self.deliveries.dispatch(push);
             return PeerResponse::Delivered;
         }
         if let PeerRequest::Read { query, .. } = request {

@@ -4,9 +4,11 @@
 //! A session authenticates (`hello` → `welcome` with the user's conversations, then everything
 //! after each `resume` cursor), then gets every new message of the conversations it follows
 //! pushed as `message` frames, each seq once and in order ([`crate::delivery`]; its own sends
-//! included, after their `send_ok`). It can `create_conversation` (1:1 with the deterministic
-//! id, or a group), `send` → `send_ok` after commit (exactly once per `client_seq`, resends
-//! answered with the original seq), move `ack`/`read` cursors, page `history`, `ping`.
+//! included, after their `send_ok`). When the user is added to a conversation while the session
+//! is open, the session sends an unsolicited `conversation` frame and follows it from seq 1.
+//! It can `create_conversation` (1:1 with the deterministic id, or a group), `send` → `send_ok`
+//! after commit (exactly once per `client_seq`, resends answered with the original seq), move
+//! `ack`/`read` cursors, page `history`, `ping`.
 //!
 //! Bad input never ends a session for anyone else: a bad frame gets an `error` and the session
 //! continues; a peer that sends [`BAD_FRAMES_MAX`] bad frames in a row, fails to authenticate,
@@ -30,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::TokenKey;
 use crate::cluster::{Cluster, ClusterError};
-use crate::delivery::Push;
+use crate::delivery::{Listing, Push, Topic};
 use crate::env::Clock;
 use crate::transport::ClientHandler;
 
@@ -113,6 +115,7 @@ impl ClientEdge {
             new_pushes: None,
             delivered: BTreeMap::new(),
             receipts: BTreeMap::new(),
+            listing: Listing::default(),
         };
         session.run().await;
         if let Some(id) = session.subscription {
@@ -159,6 +162,9 @@ struct Session {
     /// The last receipt sent per (conversation, member): receipts only ever go forward, even
     /// when a new leader answers from a replica that applied a little less.
     receipts: BTreeMap<(ConversationId, UserId), (u64, u64)>,
+    /// The user's conversation list as this session knows it, to notice joins whose push was
+    /// lost (the leader's [`Push::Listing`] then differs).
+    listing: Listing,
 }
 
 /// Waits for the next push, or forever before the session subscribed.
@@ -287,7 +293,79 @@ impl Session {
                 Some(&last) if last_seq > last => self.catch_up(conversation).await,
                 _ => Ok(()),
             },
+            Push::Joined { conversation, .. } => {
+                self.listing.handle_joined(conversation);
+                if !self.join(conversation).await? {
+                    self.listing.forget(&conversation);
+                }
+                Ok(())
+            }
+            Push::Listing { digest, .. } => {
+                if digest == self.listing.digest() {
+                    return Ok(());
+                }
+                self.relist().await
+            }
         }
+    }
+
+    /// The user shard's list differs from the session's: reads it again and joins what is new.
+    /// A read that fails changes nothing, so the next refresh tries again.
+    async fn relist(&mut self) -> Result<(), End> {
+        let Some((user, _)) = self.identity.clone() else { return Ok(()) };
+        let shard = shard_of_user(&user, self.edge.cluster.config().shards);
+        let fresh = match self.edge.cluster.read(shard, Query::UserConversations { user }).await {
+            Ok(QueryResult::Conversations(ids)) => Listing::new(ids),
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected answer to a conversation list read");
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "re-reading a conversation list failed; retried at the next refresh");
+                return Ok(());
+            }
+        };
+        for conversation in self.listing.handle_list(fresh) {
+            if !self.join(conversation).await? {
+                self.listing.forget(&conversation);
+            }
+        }
+        Ok(())
+    }
+
+    /// The user joined `conversation`: unless the session already follows it, tells the client
+    /// (an unsolicited `conversation` frame) and delivers it from seq 1. False when the shard
+    /// could not be read, so the caller can retry later; a refused read (the user is no longer
+    /// a member, or the join was stale) is done with.
+    async fn join(&mut self, conversation: ConversationId) -> Result<bool, End> {
+        let Some((user, _)) = self.identity.clone() else { return Ok(true) };
+        if self.delivered.contains_key(&conversation) {
+            return Ok(true);
+        }
+        let shard = shard_of_conversation(&conversation, self.edge.cluster.config().shards);
+        let view = match self.edge.cluster.read(shard, Query::Conversation { conversation, user }).await {
+            Ok(QueryResult::Conversation(view)) => view,
+            Ok(QueryResult::Rejected(error)) => {
+                tracing::debug!(%error, "a joined conversation is not readable; not following it");
+                return Ok(true);
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected answer to a conversation read");
+                return Ok(true);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "reading a joined conversation failed; retried at the next refresh");
+                return Ok(false);
+            }
+        };
+        // Follow (subscribe) before the catch-up read: a message committed meanwhile is then
+        // either in the read or in the push queue, where it is dropped as delivered.
+        self.follow(conversation, 0);
+        let frame =
+            ServerFrame::Conversation { id: view.id, members: view.members, title: view.title, request_id: None };
+        self.write(&frame).await?;
+        self.catch_up(conversation).await?;
+        Ok(true)
     }
 
     /// Starts delivering `conversation` to this session from after `cursor`.
@@ -295,7 +373,7 @@ impl Session {
         if let Some(id) = self.subscription {
             if let std::collections::btree_map::Entry::Vacant(entry) = self.delivered.entry(conversation) {
                 entry.insert(cursor);
-                self.edge.cluster.deliveries().subscribe(id, conversation);
+                self.edge.cluster.deliveries().subscribe(id, Topic::Conversation(conversation));
             }
         }
     }
@@ -437,13 +515,17 @@ impl Session {
         self.identity = Some((user.clone(), device.clone()));
         // Subscribe before reading anything: a message that commits while we catch up is then
         // either in the catch-up read or in the push queue (and dropped there as delivered).
+        // The user topic is subscribed first for the same reason: a join recorded after the
+        // list is read below is pushed, and one recorded before is in the list.
         let subscription = self.edge.cluster.deliveries().open();
         self.subscription = Some(subscription.id);
         self.new_pushes = Some(subscription.pushes);
-        let conversations = match self.conversations(&user).await {
-            Ok(conversations) => conversations,
+        self.edge.cluster.deliveries().subscribe(subscription.id, Topic::User(user.clone()));
+        let (listing, conversations) = match self.conversations(&user).await {
+            Ok(read) => read,
             Err(error) => return self.reply_error(&frame, ErrorCode::Unavailable, error.to_string()).await,
         };
+        self.listing = listing;
         for summary in &conversations {
             // Without a cursor the device starts from now; `history` pages back.
             let cursor = resume.get(&summary.id).map_or(summary.last_seq, |&cursor| cursor.min(summary.last_seq));
@@ -462,8 +544,9 @@ impl Session {
         Ok(())
     }
 
-    /// The user's conversations as `welcome` lists them.
-    async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, ClusterError> {
+    /// The user's conversation list (what the session tracks of it) and its conversations as
+    /// `welcome` lists them.
+    async fn conversations(&self, user: &UserId) -> Result<(Listing, Vec<ConversationSummary>), ClusterError> {
         let cluster = &self.edge.cluster;
         let shards = cluster.config().shards;
         let ids =
@@ -471,6 +554,7 @@ impl Session {
                 QueryResult::Conversations(ids) => ids,
                 _ => Vec::new(),
             };
+        let listing = Listing::new(ids.iter().copied());
         let mut summaries = Vec::new();
         for id in ids.into_iter().take(WELCOME_CONVERSATIONS_MAX) {
             let query = Query::Conversation { conversation: id, user: user.clone() };
@@ -484,7 +568,7 @@ impl Session {
                 });
             }
         }
-        Ok(summaries)
+        Ok((listing, summaries))
     }
 
     /// Sends every message after the session's cursor in `conversation`, page by page, in seq

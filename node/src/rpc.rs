@@ -4,9 +4,7 @@
 //! snapshot, the snapshot's bytes as further frames) and finishes its side; the callee answers
 //! with one response frame. A frame is a `u32` big-endian length and a postcard payload.
 
-use natter_proto::ConversationId;
-
-use crate::delivery::Push;
+use crate::delivery::{Push, Topic};
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::ShardId;
 use natter_raft::query::{Query, QueryResult};
@@ -89,16 +87,17 @@ pub enum PeerRequest {
         /// What to read.
         query: Query,
     },
-    /// To the shard's leader: `node` has sessions in `conversations` (soft state, renewed).
+    /// To the shard's leader: `node` has sessions that want `topics` (soft state, renewed).
     Interest {
         /// The group.
         shard: ShardId,
         /// The interested node.
         node: NodeId,
-        /// Conversations of this shard it wants pushed.
-        conversations: Vec<ConversationId>,
+        /// Conversations and users of this shard it wants pushed.
+        topics: Vec<Topic>,
     },
-    /// From a shard's leader: a message or receipt just committed, for the callee's sessions.
+    /// From a shard's leader: a message, receipt or join just committed, for the callee's
+    /// sessions.
     Deliver {
         /// The shard it committed in.
         shard: ShardId,
@@ -142,8 +141,10 @@ pub enum PeerResponse {
     ReadIndex(u64),
     /// The answer to a [`PeerRequest::Read`].
     Read(QueryResult),
-    /// Interest recorded; each conversation's newest seq, so the caller can see it is behind.
-    Interest(Vec<(ConversationId, u64)>),
+    /// Interest recorded; per topic where it stands ([`Push::Behind`] with a conversation's
+    /// newest seq, [`Push::Listing`] with a user's conversation list), for the caller's
+    /// sessions to see what they missed.
+    Interest(Vec<Push>),
     /// A pushed message was handed to the callee's sessions.
     Delivered,
     /// The callee does not lead the shard; `leader` is who it believes does.

@@ -1,6 +1,7 @@
 //! The client QUIC edge on a real (in-process) node: authentication, conversations, sends
-//! that are exactly-once per `client_seq`, history, catch-up on `hello`, and every class of
-//! bad input answered with its typed error while the session (or at least the node) lives on.
+//! that are exactly-once per `client_seq`, history, catch-up on `hello`, conversations joined
+//! while online, and every class of bad input answered with its typed error while the session
+//! (or at least the node) lives on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,6 +91,9 @@ struct Client {
     _endpoint: quinn::Endpoint,
     /// `message` frames received while waiting for answers, in arrival order.
     messages: Vec<natter_proto::MessageRecord>,
+    /// Unsolicited `conversation` frames (conversations joined) received while waiting for
+    /// answers, in arrival order.
+    joined: Vec<ServerFrame>,
     /// Every receipt seen by `wait_receipt`: (member, delivered, read).
     receipts: Vec<(String, u64, u64)>,
 }
@@ -120,13 +124,23 @@ impl Client {
             decoder: FrameDecoder::new(),
             _endpoint: endpoint,
             messages: Vec::new(),
+            joined: Vec::new(),
             receipts: Vec::new(),
         }
     }
 
     async fn hello(node: &Node, user: &str, resume: BTreeMap<ConversationId, u64>) -> (Client, ServerFrame) {
+        Client::hello_from(node, user, "phone", resume).await
+    }
+
+    async fn hello_from(
+        node: &Node,
+        user: &str,
+        device: &str,
+        resume: BTreeMap<ConversationId, u64>,
+    ) -> (Client, ServerFrame) {
         let mut client = Client::connect(node).await;
-        let hello = ClientFrame::Hello { device: DeviceId::new("phone").unwrap(), resume, token: Some(token(user)) };
+        let hello = ClientFrame::Hello { device: DeviceId::new(device).unwrap(), resume, token: Some(token(user)) };
         client.write(&hello).await;
         let welcome = client.read().await.expect("welcome");
         (client, welcome)
@@ -161,13 +175,14 @@ impl Client {
         }
     }
 
-    /// Sends `frame` and returns the first answer that is not a pushed `message` (those are
-    /// kept in `messages`).
+    /// Sends `frame` and returns the first answer that is not a pushed `message` or an
+    /// unsolicited `conversation` (those are kept in `messages` and `joined`).
     async fn request(&mut self, frame: &ClientFrame) -> ServerFrame {
         self.write(frame).await;
         loop {
             match self.read().await.expect("an answer") {
                 ServerFrame::Message(message) => self.messages.push(message),
+                joined @ ServerFrame::Conversation { request_id: None, .. } => self.joined.push(joined),
                 answer => return answer,
             }
         }
@@ -470,6 +485,127 @@ fn messages_reach_every_device_once_in_order_across_nodes() {
         assert_eq!(bob_laptop.wait_messages(5).await, missed, "exactly what it missed, in order");
         // And nothing more arrives: no duplicates.
         assert!(bob_laptop.read_for(Duration::from_millis(1500)).await.is_none(), "no duplicate after catch-up");
+        cluster.shutdown().await;
+    });
+}
+
+/// Reads `client`'s next frame and checks it is the unsolicited `conversation` frame of a
+/// conversation just joined.
+async fn expect_joined(client: &mut Client, name: &str) -> (ConversationId, Vec<UserId>, Option<String>) {
+    let next = if client.joined.is_empty() { client.read().await } else { Some(client.joined.remove(0)) };
+    match next {
+        Some(ServerFrame::Conversation { id, members, title, request_id: None }) => (id, members, title),
+        other => panic!("{name}: expected an unsolicited conversation frame, got {other:?}"),
+    }
+}
+
+fn users(names: &[&str]) -> Vec<UserId> {
+    names.iter().map(|name| UserId::new(*name).unwrap()).collect()
+}
+
+/// Bob is online on two nodes (neither alice's) before alice creates a 1:1 with him and a group
+/// with him and carol: every session of bob (and carol's) is told of each conversation with an
+/// unsolicited `conversation` frame, then gets every message from seq 1 exactly once, in
+/// order, live.
+#[test]
+fn conversations_joined_while_online_reach_every_device_from_seq_one() {
+    run(async {
+        let cluster = start_cluster(3).await;
+        let (mut bob_phone, welcome) = Client::hello_from(&cluster.nodes[1], "bob", "phone", BTreeMap::new()).await;
+        assert!(matches!(&welcome, ServerFrame::Welcome { conversations, .. } if conversations.is_empty()));
+        let (mut bob_laptop, _) = Client::hello_from(&cluster.nodes[2], "bob", "laptop", BTreeMap::new()).await;
+        let (mut carol, _) = Client::hello(&cluster.nodes[1], "carol", BTreeMap::new()).await;
+        let (mut alice, _) = Client::hello(&cluster.nodes[0], "alice", BTreeMap::new()).await;
+
+        // A 1:1 created by alice, and twenty messages sent at once.
+        let create = ClientFrame::CreateConversation { request_id: "dm".into(), members: users(&["bob"]), title: None };
+        let ServerFrame::Conversation { id: direct, .. } = alice.request(&create).await else { panic!() };
+        for client_seq in 1..=20u64 {
+            let answer = alice
+                .request(&ClientFrame::Send { conversation: direct, client_seq, body: format!("dm {client_seq}") })
+                .await;
+            assert!(matches!(answer, ServerFrame::SendOk { seq, .. } if seq == client_seq), "{answer:?}");
+        }
+        let all_of = |conversation: ConversationId, count: u64| -> Vec<(ConversationId, u64)> {
+            (1..=count).map(|seq| (conversation, seq)).collect()
+        };
+        for (name, bob) in [("bob phone", &mut bob_phone), ("bob laptop", &mut bob_laptop)] {
+            let (id, members, title) = expect_joined(bob, name).await;
+            assert_eq!((id, members, title), (direct, users(&["alice", "bob"]), None), "{name}");
+            assert_eq!(bob.wait_messages(20).await, all_of(direct, 20), "{name}: each seq once, in order");
+            let bodies: Vec<&str> = bob.messages.iter().map(|message| message.body.as_str()).collect();
+            assert_eq!(bodies.first(), Some(&"dm 1"), "{name}");
+        }
+
+        // A group created by alice with bob and carol while they are online; bob answers on it.
+        let create = ClientFrame::CreateConversation {
+            request_id: "g".into(),
+            members: users(&["bob", "carol"]),
+            title: Some("trip".into()),
+        };
+        let ServerFrame::Conversation { id: group, .. } = alice.request(&create).await else { panic!() };
+        for client_seq in 21..=25u64 {
+            let answer = alice
+                .request(&ClientFrame::Send { conversation: group, client_seq, body: format!("group {client_seq}") })
+                .await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+        }
+        let mut expected = all_of(direct, 20);
+        expected.extend(all_of(group, 5));
+        for (name, client) in [("bob phone", &mut bob_phone), ("bob laptop", &mut bob_laptop)] {
+            let (id, members, title) = expect_joined(client, name).await;
+            assert_eq!((id, members, title.as_deref()), (group, users(&["alice", "bob", "carol"]), Some("trip")));
+            assert_eq!(client.wait_messages(25).await, expected, "{name}: each seq once, in order");
+        }
+        let (id, _, _) = expect_joined(&mut carol, "carol").await;
+        assert_eq!(id, group);
+        assert_eq!(carol.wait_messages(5).await, all_of(group, 5));
+
+        // Bob writes back from his phone: his laptop and carol get it live, after the rest.
+        let answer =
+            bob_phone.request(&ClientFrame::Send { conversation: group, client_seq: 1, body: "yes!".into() }).await;
+        assert!(matches!(answer, ServerFrame::SendOk { seq: 6, .. }), "{answer:?}");
+        expected.push((group, 6));
+        assert_eq!(bob_phone.wait_messages(26).await, expected, "bob's own message comes back after send_ok");
+        assert_eq!(bob_laptop.wait_messages(26).await, expected);
+        assert_eq!(carol.wait_messages(6).await, all_of(group, 6));
+
+        // Nothing more comes: no second conversation frame, no duplicate (the refreshes that
+        // pass meanwhile agree with what the sessions know).
+        for (name, client) in [("bob phone", &mut bob_phone), ("bob laptop", &mut bob_laptop), ("carol", &mut carol)] {
+            let extra = client.read_for(Duration::from_millis(2500)).await;
+            assert!(extra.is_none(), "{name} got {extra:?}");
+        }
+        cluster.shutdown().await;
+    });
+}
+
+/// The push that tells bob's node of his new conversation is lost (a test hook drops every
+/// join there): the next interest refresh shows bob's list changed, his session reads it again
+/// and still follows the conversation from seq 1.
+#[test]
+fn a_lost_join_push_is_found_by_the_interest_refresh() {
+    run(async {
+        let cluster = start_cluster(3).await;
+        cluster.handles[1].cluster().deliveries().drop_next_joins(u64::MAX);
+        let (mut bob, _) = Client::hello(&cluster.nodes[1], "bob", BTreeMap::new()).await;
+        let (mut alice, _) = Client::hello(&cluster.nodes[0], "alice", BTreeMap::new()).await;
+        let create = ClientFrame::CreateConversation { request_id: "dm".into(), members: users(&["bob"]), title: None };
+        let ServerFrame::Conversation { id: direct, .. } = alice.request(&create).await else { panic!() };
+        for client_seq in 1..=5u64 {
+            let answer =
+                alice.request(&ClientFrame::Send { conversation: direct, client_seq, body: "hi".into() }).await;
+            assert!(matches!(answer, ServerFrame::SendOk { .. }), "{answer:?}");
+        }
+        let (id, _, _) = expect_joined(&mut bob, "bob").await;
+        assert_eq!(id, direct);
+        let expected: Vec<(ConversationId, u64)> = (1..=5).map(|seq| (direct, seq)).collect();
+        assert_eq!(bob.wait_messages(5).await, expected);
+        // Live from then on.
+        let answer = alice.request(&ClientFrame::Send { conversation: direct, client_seq: 6, body: "hi".into() }).await;
+        assert!(matches!(answer, ServerFrame::SendOk { seq: 6, .. }), "{answer:?}");
+        assert_eq!(bob.wait_messages(6).await.last(), Some(&(direct, 6)));
+        assert!(bob.read_for(Duration::from_millis(1500)).await.is_none(), "no duplicate");
         cluster.shutdown().await;
     });
 }
