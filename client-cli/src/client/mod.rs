@@ -13,7 +13,8 @@
 //!   in seq order per conversation: duplicates (seq at or below the cursor) are dropped, and a
 //!   gap is filled with `history` requests before anything after it is handed on. Handing a
 //!   message moves the conversation's cursor in the store; the server learns it through `ack`
-//!   frames, batched.
+//!   frames, batched. A conversation the user is added to while connected arrives as
+//!   [`Event::Conversation`], then its messages from seq 1.
 //! - **Requests**: [`Client::create_conversation`], [`Client::history`], and
 //!   [`Client::conversations`] (as of the last `welcome`).
 //!
@@ -210,7 +211,8 @@ pub enum Event {
         /// Highest seq the user has read.
         read: u64,
     },
-    /// The server sent a conversation nobody asked for (the user was added to it).
+    /// The server sent a conversation nobody asked for: the user was added to it while
+    /// connected. Its messages follow as [`Event::Message`]s from seq 1.
     Conversation(ConversationInfo),
     /// A member started or stopped typing.
     Typing {
@@ -309,7 +311,7 @@ impl SharedState {
     }
 
     /// Records cursors that start without a message having been handed (see
-    /// `Core::handle_welcome`).
+    /// `Core::handle_welcome` and `Core::take_started`).
     fn start_cursors(&mut self, started: BTreeMap<ConversationId, u64>) {
         if started.is_empty() {
             return;
@@ -874,6 +876,10 @@ impl Task {
 
     /// Hands the core's events to the application and its completions to the callers.
     fn deliver(&mut self) {
+        let started = self.core.take_started();
+        if !started.is_empty() {
+            self.shared.lock().start_cursors(started);
+        }
         while let Some(event) = self.core.poll_event() {
             self.emit(event);
         }

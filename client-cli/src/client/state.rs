@@ -8,9 +8,10 @@
 //! Delivery: per conversation `queued` is the last seq put in the application's queue. A
 //! message at or below it is a duplicate and dropped; the next one is queued; a later one
 //! means a gap, filled with `history` requests (oldest first) before anything after it is
-//! queued. The application's queue is bounded: a message that does not fit is dropped here and
-//! fetched again with `history` once there is room, so no message is lost and the connection
-//! is never stalled by a slow reader.
+//! queued. A conversation the user joins while connected (an unsolicited `conversation`
+//! frame) starts at 0, as the server streams it from seq 1. The application's queue is
+//! bounded: a message that does not fit is dropped here and fetched again with `history` once
+//! there is room, so no message is lost and the connection is never stalled by a slow reader.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -88,6 +89,8 @@ pub(crate) struct Core {
     room: usize,
     /// Events other than messages dropped for lack of room.
     dropped_events: u64,
+    /// Cursors started by a frame rather than by a message, for the shell to store.
+    started: BTreeMap<ConversationId, u64>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<Event>,
     completions: VecDeque<Completion>,
@@ -110,6 +113,7 @@ impl Core {
             next_request: 1,
             room: 0,
             dropped_events: 0,
+            started: BTreeMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -239,11 +243,24 @@ impl Core {
             }
             ServerFrame::Conversation { id, members, title, request_id } => {
                 let info = ConversationInfo { id, members, title };
+                let joined = request_id.is_none();
                 match request_id.and_then(|request_id| self.requests.remove_entry(&request_id)) {
                     Some((request_id, _)) => self
                         .completions
                         .push_back(Completion::Request { request_id, result: Ok(Reply::Conversation(info)) }),
-                    None => self.push_event(Event::Conversation(info)),
+                    None => {
+                        // Joined while connected: the server streams it from seq 1. Starting
+                        // the cursor at 0 now (and storing it) keeps that true across a
+                        // reconnect or restart before its first message, where `welcome`
+                        // would otherwise start it at its newest seq.
+                        if joined && self.receive {
+                            if let std::collections::btree_map::Entry::Vacant(entry) = self.queued.entry(id) {
+                                entry.insert(0);
+                                self.started.insert(id, 0);
+                            }
+                        }
+                        self.push_event(Event::Conversation(info));
+                    }
                 }
             }
             ServerFrame::Message(message) => {
@@ -336,6 +353,12 @@ impl Core {
 
     pub(crate) fn poll_completion(&mut self) -> Option<Completion> {
         self.completions.pop_front()
+    }
+
+    /// Cursors started since the last call without a message (conversations joined), for the
+    /// store, so a later resume starts there too.
+    pub(crate) fn take_started(&mut self) -> BTreeMap<ConversationId, u64> {
+        std::mem::take(&mut self.started)
     }
 
     // Delivery.
@@ -721,6 +744,91 @@ mod tests {
         sender.handle_room(10);
         sender.handle_frame(ServerFrame::Message(message(42)), Instant::now());
         assert!(sender.poll_event().is_none());
+        assert!(sender.resume().is_empty());
+    }
+
+    #[test]
+    fn a_conversation_joined_while_connected_is_handed_from_seq_one_once_in_order() {
+        let mut core = connected(5, 100);
+        let now = Instant::now();
+        let joined = ConversationId::from_bytes([9; 16]);
+        let in_joined = |seq: u64| MessageRecord { conversation: joined, ..message(seq) };
+        let frame = ServerFrame::Conversation {
+            id: joined,
+            members: vec![UserId::new("alice").unwrap(), UserId::new("bob").unwrap()],
+            title: None,
+            request_id: None,
+        };
+        core.handle_frame(frame.clone(), now);
+        assert_eq!(core.take_started(), BTreeMap::from([(joined, 0)]), "the store learns the cursor at once");
+        assert!(core.take_started().is_empty());
+        assert_eq!(core.resume(), BTreeMap::from([(conversation(), 5), (joined, 0)]));
+        // A second announcement (a duplicate push) moves nothing.
+        core.handle_frame(frame, now);
+        assert!(core.take_started().is_empty());
+        for seq in [1, 2, 2, 1, 3] {
+            core.handle_frame(ServerFrame::Message(in_joined(seq)), now);
+        }
+        let events: Vec<Event> = std::iter::from_fn(|| core.poll_event()).collect();
+        let [Event::Conversation(first), Event::Conversation(_), rest @ ..] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(first.id, joined);
+        let seqs: Vec<u64> = rest
+            .iter()
+            .map(|event| match event {
+                Event::Message(message) if message.conversation == joined => message.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(transmitted(&mut core).is_empty(), "no gap, no request");
+
+        // Joined again elsewhere, with seq 1 and 2 missing: they are fetched before 3 is handed.
+        let other = ConversationId::from_bytes([10; 16]);
+        let in_other = |seq: u64| MessageRecord { conversation: other, ..message(seq) };
+        core.handle_frame(ServerFrame::Conversation { id: other, members: vec![], title: None, request_id: None }, now);
+        core.handle_frame(ServerFrame::Message(in_other(3)), now);
+        let frames = transmitted(&mut core);
+        let [ClientFrame::History { request_id, conversation: asked, before: Some(3), limit: 2 }] = frames.as_slice()
+        else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(*asked, other);
+        core.handle_frame(
+            ServerFrame::History {
+                request_id: request_id.clone(),
+                conversation: other,
+                messages: vec![in_other(1), in_other(2)],
+            },
+            now,
+        );
+        let seqs: Vec<u64> = std::iter::from_fn(|| core.poll_event())
+            .filter_map(|event| match event {
+                Event::Message(message) => Some(message.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+
+        // A reconnect before any message of a joined conversation resumes it from 0, so the
+        // server streams it from seq 1 rather than from its newest seq.
+        let third = ConversationId::from_bytes([11; 16]);
+        core.handle_frame(ServerFrame::Conversation { id: third, members: vec![], title: None, request_id: None }, now);
+        core.handle_disconnected();
+        assert_eq!(core.resume().get(&third), Some(&0));
+        core.handle_welcome(&[ConversationSummary { id: third, ..summary(7) }]);
+        assert_eq!(core.resume().get(&third), Some(&0), "welcome does not move a known cursor");
+
+        // A send-only core starts nothing.
+        let mut sender = Core::new(BTreeMap::new(), false);
+        sender.handle_welcome(&[]);
+        sender.handle_room(10);
+        sender.handle_frame(
+            ServerFrame::Conversation { id: joined, members: vec![], title: None, request_id: None },
+            now,
+        );
+        assert!(sender.take_started().is_empty());
         assert!(sender.resume().is_empty());
     }
 
