@@ -277,7 +277,8 @@ pub fn conversations(args: ConnectArgs, out: &mut dyn Write) -> Result<(), Error
 }
 
 /// `natter tail`: prints messages as they arrive until `--count` messages were printed or
-/// Ctrl-C; connection changes and errors go to `progress`.
+/// Ctrl-C, and a line for each conversation the user is added to meanwhile (its messages
+/// follow from #1); connection changes and errors go to `progress`.
 pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Result<(), Error> {
     let config = client_config(&args.connect)?;
     let store = cursor_store(&args.connect, &config.ca_pem, args.cursors.as_deref())?;
@@ -319,8 +320,14 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     };
                     (text, true)
                 }
+                Event::Conversation(info) => {
+                    labels.insert(info.id, render::joined_label(info));
+                    let text = if json { render::json_joined(info) } else { render::render_joined(info) };
+                    (text, true)
+                }
                 Event::Connected { node } => {
-                    labels = render::labels(&client.conversations());
+                    // Keeps the labels of conversations joined since the last welcome.
+                    labels.extend(render::labels(&client.conversations()));
                     (format!("natter: connected to {node} as {}\n", client.user()), false)
                 }
                 Event::Disconnected { reason } => (format!("natter: disconnected: {reason}\n"), false),

@@ -119,6 +119,31 @@ pub fn json_created(info: &ConversationInfo) -> String {
     format!("{}\n", encode_server(&frame))
 }
 
+/// How `tail` names a conversation it was just added to (as [`conversation_label`] does).
+pub fn joined_label(info: &ConversationInfo) -> String {
+    let summary =
+        ConversationSummary { id: info.id, last_seq: 0, members: info.members.clone(), title: info.title.clone() };
+    conversation_label(Some(&summary), info.id)
+}
+
+/// A conversation the user was added to while `tail` ran, for people:
+/// `[LABEL] added to ID with MEMBERS`; its messages follow from #1.
+pub fn render_joined(info: &ConversationInfo) -> String {
+    let members = info.members.iter().map(UserId::as_str).collect::<Vec<_>>().join(", ");
+    format!(
+        "[{}] added to {} with {members}
+",
+        joined_label(info),
+        info.id
+    )
+}
+
+/// A conversation the user was added to, as one JSON line: the protocol's unsolicited
+/// `conversation` frame (`request_id` null).
+pub fn json_joined(info: &ConversationInfo) -> String {
+    json_created(info)
+}
+
 /// The user's conversations for people, as a table.
 pub fn render_conversations(conversations: &[ConversationSummary]) -> String {
     if conversations.is_empty() {

@@ -93,8 +93,15 @@ fn message_output_for_people_and_scripts() {
     let messages = [message(1, "hi bob"), message(2, "two lines\nof text"), message(3, "")];
     let labels = render::labels(&summaries());
     let label = &labels[&messages[0].conversation];
-    let mut tail = String::new();
-    let mut json = String::new();
+    // Tail says when the user is added to a conversation, then prints its messages.
+    let joined = ConversationInfo {
+        id: messages[0].conversation,
+        members: summaries()[0].members.clone(),
+        title: Some("trip".into()),
+    };
+    assert_eq!(render::joined_label(&joined), *label);
+    let mut tail = render::render_joined(&joined);
+    let mut json = render::json_joined(&joined);
     for message in &messages {
         tail.push_str(&render::render_message(message, Some(label)));
         json.push_str(&render::json_message(message));

@@ -163,3 +163,75 @@ fn create_send_history_conversations_and_tail() {
     assert!(Path::new(&alice_file).is_file());
     runtime.block_on(cluster.shutdown());
 }
+
+/// Waits until `child` (a `natter tail`) says it is connected; keeps its stderr drained.
+fn wait_connected(child: &mut Child) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (connected, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("natter: connected to ") {
+                let _ = connected.send(());
+            }
+        }
+    });
+    said.recv_timeout(Duration::from_secs(10)).expect("tail connected");
+}
+
+#[test]
+fn tail_prints_a_conversation_joined_while_it_runs_then_its_messages() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cluster = runtime.block_on(Runtime::scope(12, Cluster::start(1)));
+    let state = cluster.dir.path().join("state");
+    let bob_file = state.join("bob.json");
+    let carol_file = state.join("carol.json");
+    let alice_file = state.join("alice.json");
+
+    // Bob and carol tail before the conversation exists.
+    let mut bob =
+        command(&cluster, "bob", &["tail", "--count", "2", "--json", "--cursors", bob_file.to_str().unwrap()])
+            .spawn()
+            .expect("tail runs");
+    let mut carol = command(&cluster, "carol", &["tail", "--count", "2", "--cursors", carol_file.to_str().unwrap()])
+        .spawn()
+        .expect("tail runs");
+    wait_connected(&mut bob);
+    wait_connected(&mut carol);
+
+    let created = json_lines(&stdout(&natter(
+        &cluster,
+        "alice",
+        &["create", "--members", "bob,carol", "--title", "trip", "--json"],
+        None,
+    )));
+    let id = created[0]["id"].as_str().unwrap().to_owned();
+    stdout(&natter(
+        &cluster,
+        "alice",
+        &["send", &id, "-", "--cursors", alice_file.to_str().unwrap()],
+        Some("one\ntwo\n"),
+    ));
+
+    let lines = json_lines(&stdout(&finish(bob, Duration::from_secs(10))));
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["type"], "conversation");
+    assert_eq!(lines[0]["id"], id.as_str());
+    assert_eq!(lines[0]["members"], serde_json::json!(["alice", "bob", "carol"]));
+    assert_eq!(lines[0]["title"], "trip");
+    assert_eq!(lines[0]["request_id"], Value::Null);
+    assert_eq!(bodies(&lines[1..]), ["one", "two"]);
+    assert_eq!(lines[1..].iter().map(|line| line["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+
+    let text = stdout(&finish(carol, Duration::from_secs(10)));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], format!("[trip] added to {id} with alice, bob, carol"));
+    assert!(lines[1].starts_with("[trip] #1  ") && lines[1].ends_with("  alice: one"), "{text}");
+    assert!(lines[2].starts_with("[trip] #2  ") && lines[2].ends_with("  alice: two"), "{text}");
+
+    // The cursor file has the conversation, so the next tail resumes after #2.
+    let saved = std::fs::read_to_string(&bob_file).unwrap();
+    assert!(saved.contains(&id), "{saved}");
+    runtime.block_on(cluster.shutdown());
+}
