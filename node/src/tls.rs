@@ -216,7 +216,7 @@ impl PeerTls {
         let crypto =
             quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config()));
+        config.transport_config(Arc::new(transport_config(Side::Server)));
         Ok(config)
     }
 
@@ -230,22 +230,46 @@ impl PeerTls {
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config()));
+        config.transport_config(Arc::new(transport_config(Side::Client)));
         Ok(config)
     }
 }
 
 /// Most concurrent RPC streams one peer may open (every shard group's RPCs share a connection).
+/// The transport raises an inbound connection to this once it is known to be a peer's.
 pub const PEER_STREAMS_MAX: u32 = 4096;
+/// Streams a client connection may open: its one session stream. Every connection starts with
+/// this limit (quinn allocates state for every stream the limit allows, ~90 bytes each, so
+/// 4096 would cost every idle client session ~380 KiB).
+pub const CLIENT_STREAMS_MAX: u32 = 1;
 
-fn transport_config() -> quinn::TransportConfig {
+/// Which end of a connection a transport config is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Accepting: peers' inbound connections and every client session.
+    Server,
+    /// Dialling a peer.
+    Client,
+}
+
+fn transport_config(side: Side) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(PEER_STREAMS_MAX.into());
+    let streams = match side {
+        Side::Server => CLIENT_STREAMS_MAX,
+        Side::Client => PEER_STREAMS_MAX,
+    };
+    transport.max_concurrent_bidi_streams(streams.into());
     transport.max_concurrent_uni_streams(0u32.into());
     // A peer that died (SIGKILL, power loss) sends no close; its connection is noticed dead
     // only by the idle timeout. Keep-alives every 500 ms let a 3 s timeout detect that quickly
-    // without tearing down live but quiet connections.
-    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    // without tearing down live but quiet connections. Only the dialling side sends them: a
+    // ping is acknowledged, which keeps both ends' idle timers fresh, so the accepting side
+    // need not ping too. That matters for client sessions, which share the server config:
+    // each natter-client pings every second, and thousands of idle sessions would otherwise
+    // cost the node a ping each every 500 ms on top.
+    if side == Side::Client {
+        transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    }
     transport.max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("valid idle timeout")));
     transport
 }

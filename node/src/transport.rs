@@ -18,7 +18,7 @@ use crate::rpc::{
     read_frame, read_raw, write_frame, write_raw, PeerRequest, PeerResponse, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::spawn;
-use crate::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN};
+use crate::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN, PEER_STREAMS_MAX};
 
 /// Deadline for establishing a connection to a peer.
 /// (A peer still starting loses the first Initial packets; QUIC retransmits after about a
@@ -305,6 +305,9 @@ impl Transport {
                         connection.close(2u32.into(), b"peer certificate required");
                         return;
                     }
+                    // Accepted connections start with a client's one stream; a peer multiplexes
+                    // every shard's RPCs over this connection.
+                    connection.set_max_concurrent_bi_streams(PEER_STREAMS_MAX.into());
                     while let Ok((send, recv)) = connection.accept_bi().await {
                         let handler = handler.clone();
                         spawn(serve_stream(handler, send, recv));
