@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use natter_proto::{ConversationId, MessageRecord, UserId};
@@ -187,8 +187,10 @@ impl Listing {
 
 /// A session's handle on its pushes.
 pub struct Subscription {
-    /// Pushes for this session.
-    pub pushes: mpsc::Receiver<Push>,
+    /// Pushes for this session, shared with every other session they went to. An `Arc` keeps
+    /// each queue slot one pointer wide: tokio allocates a queue's slots in blocks of 32, and
+    /// every idle session holds one block.
+    pub pushes: mpsc::Receiver<Arc<Push>>,
     /// The session's id (to subscribe further topics and to leave).
     pub id: u64,
 }
@@ -197,7 +199,7 @@ pub struct Subscription {
 #[derive(Default)]
 pub struct Deliveries {
     next_session: AtomicU64,
-    sessions: Mutex<BTreeMap<u64, mpsc::Sender<Push>>>,
+    sessions: Mutex<BTreeMap<u64, mpsc::Sender<Arc<Push>>>>,
     local: Mutex<BTreeMap<Topic, BTreeSet<u64>>>,
     /// Topics this node started to want since the interest refresh last looked.
     fresh: Mutex<BTreeSet<Topic>>,
@@ -269,6 +271,7 @@ impl Deliveries {
             Some(sessions) => sessions.iter().copied().collect(),
             None => return,
         };
+        let push = Arc::new(push);
         let sessions = self.sessions.lock().expect("sessions lock");
         for id in targets {
             if let Some(sender) = sessions.get(&id) {
@@ -359,7 +362,7 @@ mod tests {
         deliveries.subscribe(b.id, topic(2));
         let behind = |c| Push::Behind { conversation: conversation(c), last_seq: 5 };
         deliveries.dispatch(behind(1));
-        assert!(matches!(a.pushes.try_recv(), Ok(Push::Behind { last_seq: 5, .. })));
+        assert!(matches!(a.pushes.try_recv().as_deref(), Ok(Push::Behind { last_seq: 5, .. })));
         assert!(b.pushes.try_recv().is_err(), "b is not subscribed to conversation 1");
         assert_eq!(deliveries.wanted(), vec![topic(1), topic(2)]);
         deliveries.close(a.id);
@@ -380,17 +383,17 @@ mod tests {
         let joined = Push::Joined { user: user("bob"), conversation: conversation(4) };
         assert_eq!(joined.topic(), Topic::User(user("bob")));
         deliveries.dispatch(joined.clone());
-        assert_eq!(phone.pushes.try_recv(), Ok(joined.clone()));
-        assert_eq!(laptop.pushes.try_recv(), Ok(joined.clone()));
+        assert_eq!(phone.pushes.try_recv(), Ok(Arc::new(joined.clone())));
+        assert_eq!(laptop.pushes.try_recv(), Ok(Arc::new(joined.clone())));
         assert!(carol.pushes.try_recv().is_err());
         // The test hook drops the next joins, and only joins.
         deliveries.drop_next_joins(1);
         deliveries.dispatch(joined.clone());
         let listing = Push::Listing { user: user("bob"), digest: 7 };
         deliveries.dispatch(listing.clone());
-        assert_eq!(phone.pushes.try_recv(), Ok(listing), "the join was dropped, the listing was not");
+        assert_eq!(phone.pushes.try_recv(), Ok(Arc::new(listing)), "the join was dropped, the listing was not");
         deliveries.dispatch(joined.clone());
-        assert_eq!(phone.pushes.try_recv(), Ok(joined));
+        assert_eq!(phone.pushes.try_recv(), Ok(Arc::new(joined)));
     }
 
     #[tokio::test]

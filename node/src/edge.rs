@@ -156,7 +156,7 @@ struct Session {
     /// This session's delivery registration, once authenticated.
     subscription: Option<u64>,
     /// Pushes, handed from `hello` to the frame loop.
-    new_pushes: Option<mpsc::Receiver<Push>>,
+    new_pushes: Option<mpsc::Receiver<Arc<Push>>>,
     /// Per subscribed conversation, the last seq delivered to this session.
     delivered: BTreeMap<ConversationId, u64>,
     /// The last receipt sent per (conversation, member): receipts only ever go forward, even
@@ -168,7 +168,7 @@ struct Session {
 }
 
 /// Waits for the next push, or forever before the session subscribed.
-async fn next_push(pushes: &mut Option<mpsc::Receiver<Push>>) -> Option<Push> {
+async fn next_push(pushes: &mut Option<mpsc::Receiver<Arc<Push>>>) -> Option<Arc<Push>> {
     match pushes {
         Some(pushes) => pushes.recv().await,
         None => std::future::pending().await,
@@ -188,8 +188,11 @@ impl Session {
         }
     }
 
+    /// The session's loop. Handling a push or a frame can await proposals and reads, whose
+    /// futures are large (kilobytes); they are boxed so the loop's own future, which every
+    /// idle session holds for its whole life, stays small.
     async fn serve_frames(&mut self) -> End {
-        let mut pushes: Option<mpsc::Receiver<Push>> = None;
+        let mut pushes: Option<mpsc::Receiver<Arc<Push>>> = None;
         loop {
             if pushes.is_none() {
                 pushes = self.new_pushes.take();
@@ -205,7 +208,7 @@ impl Session {
                     push = next_push(&mut pushes) => {
                         match push {
                             Some(push) => {
-                                if let Err(end) = self.on_push(push).await {
+                                if let Err(end) = Box::pin(self.on_push(Arc::unwrap_or_clone(push))).await {
                                     return end;
                                 }
                                 continue;
@@ -220,7 +223,7 @@ impl Session {
                 Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) | Err(_) => return End::Gone,
             };
-            if let Err(end) = self.take_bytes(&chunk).await {
+            if let Err(end) = Box::pin(self.take_bytes(&chunk)).await {
                 return end;
             }
         }
