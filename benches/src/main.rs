@@ -5,11 +5,16 @@
 //! - `natter-bench etcd-put`: the same closed loop against etcd 3.4 (`/v3/kv/put` through its
 //!   HTTP/JSON gateway), on a 3-member cluster that `benches/etcd-cluster.sh` starts.
 //! - `natter-bench compare`: both, back to back, and the natter/etcd ratios.
+//! - `natter-bench messages`: messages sent by `natter-client`s over QUIC to a cluster of
+//!   `natter-node` processes, each to a recipient online on another node: committed messages
+//!   per second, send→ack and send→delivery latencies, every acknowledged message delivered.
+//! - `natter-bench idle-sessions`: a node's resident memory as idle client sessions are added.
 //!
 //! Every run is bounded in time, talks only to 127.0.0.1 and stops by itself. Data goes to a
 //! temp dir on the real disk (a tmpfs would make fsync free and the figures meaningless).
 //! Results are recorded in `docs/BENCHMARKS.md`.
 
+mod clients;
 mod etcd;
 mod histogram;
 mod natter;
@@ -37,6 +42,12 @@ pub const PROPOSERS_MAX: usize = 1024;
 pub const NODES_MAX: u64 = 5;
 /// Most shards of the natter cluster.
 pub const SHARDS_MAX: u32 = 1024;
+/// Most concurrent senders of `messages` (each is two client connections).
+pub const SENDERS_MAX: usize = 1024;
+/// Most idle sessions `idle-sessions` opens.
+pub const IDLE_SESSIONS_MAX: usize = 100_000;
+/// Shortest body of `messages`: the send time is written into its first 16 bytes.
+pub const BODY_BYTES_MIN: usize = 16;
 /// Filesystems on which fsync costs nothing, so durability would not be measured.
 const MEMORY_FILESYSTEMS: [&str; 2] = ["tmpfs", "ramfs"];
 
@@ -56,6 +67,58 @@ enum Commands {
     EtcdPut(EtcdArgs),
     /// Both, back to back, with a table of natter/etcd ratios.
     Compare(CompareArgs),
+    /// Messages through natter-client over QUIC on a cluster of natter-node processes.
+    Messages(MessagesArgs),
+    /// Resident memory of a natter-node process as idle client sessions are added.
+    IdleSessions(IdleArgs),
+}
+
+/// Options of the commands that run `natter-node` processes.
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    /// Nodes in the cluster (shards are replicated on min(3, nodes)).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Shards (Raft groups).
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
+    /// The natter-node executable; by default the one next to natter-bench (build both with
+    /// `cargo build --release -p natter-node -p natter-bench`).
+    #[arg(long)]
+    node_binary: Option<PathBuf>,
+    /// Where the cluster's temp dir goes; must be on a real disk (not tmpfs).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct MessagesArgs {
+    /// Concurrent closed-loop senders (each with its own online recipient); one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
+    senders: Vec<usize>,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Bytes of each message body (at least 16: the send time is written into it).
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Also run etcd puts with the same client counts (the baseline) and print ratios.
+    #[arg(long)]
+    etcd: bool,
+    /// The script that starts and stops etcd.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/etcd-cluster.sh"))]
+    etcd_script: PathBuf,
+    #[command(flatten)]
+    cluster: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Idle sessions to open on node 1, in four equal steps.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    #[command(flatten)]
+    cluster: ProcessArgs,
 }
 
 /// Options every command shares.
@@ -182,8 +245,92 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report::ratio_table(&natter, &etcd));
             println!("(throughput ratio > 1 and latency ratios < 1 favour natter)");
         }
+        Commands::Messages(args) => {
+            check_messages(&args)?;
+            print_machine(&args.cluster.dir);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let cluster = start_processes(&args.cluster)?;
+            let duration = Duration::from_secs(args.seconds);
+            let mut reports = Vec::new();
+            for (run, &senders) in args.senders.iter().enumerate() {
+                let report = runtime.block_on(clients::run_messages(&cluster, run, senders, args.body_bytes, duration));
+                println!("{}", report.line());
+                reports.push(report);
+            }
+            drop(cluster);
+            println!("\n{}", report::messages_table(&reports));
+            if args.etcd {
+                let run =
+                    RunArgs { proposers: args.senders.clone(), seconds: args.seconds, dir: args.cluster.dir.clone() };
+                let etcd = EtcdOnlyArgs {
+                    value_bytes: args.body_bytes,
+                    endpoints: Vec::new(),
+                    etcd_script: args.etcd_script.clone(),
+                };
+                let baseline = etcd_puts(&run, &etcd)?;
+                println!("\n{}", report::runs_table(&baseline));
+                println!("{}", report::ratio_table(&report::messages_as_runs(&reports), &baseline));
+                println!("(natter: committed client messages and send→ack; etcd: puts; ratios > 1 in throughput and < 1 in latency favour natter)");
+            }
+            if reports.iter().any(|report| report.undelivered > 0) {
+                bail!("acknowledged messages were not delivered");
+            }
+        }
+        Commands::IdleSessions(args) => {
+            if args.sessions == 0 || args.sessions > IDLE_SESSIONS_MAX {
+                bail!("--sessions must be in 1..={IDLE_SESSIONS_MAX}, got {}", args.sessions);
+            }
+            check_processes(&args.cluster)?;
+            print_machine(&args.cluster.dir);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let cluster = start_processes(&args.cluster)?;
+            let steps: Vec<usize> = (1..=4).map(|step| (args.sessions * step).div_ceil(4)).collect();
+            let samples = runtime.block_on(clients::run_idle(&cluster, &steps))?;
+            drop(cluster);
+            println!("\n{}", report::idle_table(&samples));
+        }
     }
     Ok(())
+}
+
+/// Refuses messaging options outside the limits.
+fn check_messages(args: &MessagesArgs) -> anyhow::Result<()> {
+    if args.senders.is_empty() || args.senders.iter().any(|&count| count == 0 || count > SENDERS_MAX) {
+        bail!("--senders must list counts in 1..={SENDERS_MAX}, got {:?}", args.senders);
+    }
+    if args.seconds == 0 || args.seconds > SECONDS_MAX {
+        bail!("--seconds must be in 1..={SECONDS_MAX}, got {}", args.seconds);
+    }
+    let body_max = natter_proto::limits::BODY_BYTES_MAX;
+    if args.body_bytes < BODY_BYTES_MIN || args.body_bytes > body_max {
+        bail!("--body-bytes must be in {BODY_BYTES_MIN}..={body_max}, got {}", args.body_bytes);
+    }
+    check_processes(&args.cluster)
+}
+
+/// Refuses cluster options outside the limits, and a data dir on a memory filesystem.
+fn check_processes(args: &ProcessArgs) -> anyhow::Result<()> {
+    check_cluster_size(args.nodes, args.shards)?;
+    check_real_disk(&args.dir)
+}
+
+/// Refuses node and shard counts outside the limits.
+fn check_cluster_size(nodes: u64, shards: u32) -> anyhow::Result<()> {
+    if nodes == 0 || nodes > NODES_MAX {
+        bail!("--nodes must be in 1..={NODES_MAX}, got {nodes}");
+    }
+    if shards == 0 || shards > SHARDS_MAX {
+        bail!("--shards must be in 1..={SHARDS_MAX}, got {shards}");
+    }
+    Ok(())
+}
+
+/// Starts the node processes of `args`, from the given binary or the one next to this one.
+fn start_processes(args: &ProcessArgs) -> anyhow::Result<clients::ProcessCluster> {
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let binary = natter_client::local::locate_node_binary(args.node_binary.as_deref(), exe_dir.as_deref(), None)
+        .context("finding natter-node (build it with `cargo build --release -p natter-node`)")?;
+    clients::ProcessCluster::start(&args.dir, args.nodes, args.shards, &binary)
 }
 
 /// Refuses options outside the limits, and a data dir on a memory filesystem.
@@ -194,7 +341,12 @@ fn check_run(run: &RunArgs) -> anyhow::Result<()> {
     if run.seconds == 0 || run.seconds > SECONDS_MAX {
         bail!("--seconds must be in 1..={SECONDS_MAX}, got {}", run.seconds);
     }
-    let dir = run.dir.canonicalize().with_context(|| format!("--dir {}", run.dir.display()))?;
+    check_real_disk(&run.dir)
+}
+
+/// Refuses a data dir on a memory filesystem, where fsync is free.
+fn check_real_disk(dir: &Path) -> anyhow::Result<()> {
+    let dir = dir.canonicalize().with_context(|| format!("--dir {}", dir.display()))?;
     if let Some(filesystem) = filesystem_of(&dir) {
         if MEMORY_FILESYSTEMS.contains(&filesystem.as_str()) {
             bail!("--dir {} is on {filesystem}, where fsync is free; pick a dir on a real disk", dir.display());
@@ -205,12 +357,7 @@ fn check_run(run: &RunArgs) -> anyhow::Result<()> {
 
 /// Refuses natter options outside the limits.
 fn check_natter(natter: &NatterArgs) -> anyhow::Result<()> {
-    if natter.nodes == 0 || natter.nodes > NODES_MAX {
-        bail!("--nodes must be in 1..={NODES_MAX}, got {}", natter.nodes);
-    }
-    if natter.shards == 0 || natter.shards > SHARDS_MAX {
-        bail!("--shards must be in 1..={SHARDS_MAX}, got {}", natter.shards);
-    }
+    check_cluster_size(natter.nodes, natter.shards)?;
     if natter.body_bytes == 0 || natter.body_bytes > natter_proto::limits::BODY_BYTES_MAX {
         bail!("--body-bytes must be in 1..={}, got {}", natter_proto::limits::BODY_BYTES_MAX, natter.body_bytes);
     }

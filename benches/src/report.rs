@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::clients::{IdleSample, MessagesReport};
 use crate::histogram::LatencyHistogram;
 
 /// The outcome of one closed-loop run of one system at one concurrency.
@@ -112,6 +113,70 @@ pub fn ratio_table(ours: &[RunReport], baseline: &[RunReport]) -> String {
     out
 }
 
+/// A Markdown table of messaging runs.
+pub fn messages_table(reports: &[MessagesReport]) -> String {
+    let mut out = String::from(
+        "| senders | committed msgs/s | send→ack p50 ms | p99 ms | send→delivery p50 ms | p99 ms | delivered | undelivered | errors |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for report in reports {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            report.senders,
+            report.per_second(),
+            milliseconds(report.acks.quantile(0.5)),
+            milliseconds(report.acks.quantile(0.99)),
+            milliseconds(report.deliveries.quantile(0.5)),
+            milliseconds(report.deliveries.quantile(0.99)),
+            report.deliveries.count(),
+            report.undelivered,
+            report.errors,
+        );
+    }
+    out
+}
+
+/// The messaging runs as closed-loop runs (acknowledged sends and their latencies), to compare
+/// with a baseline's runs.
+pub fn messages_as_runs(reports: &[MessagesReport]) -> Vec<RunReport> {
+    reports
+        .iter()
+        .map(|report| RunReport {
+            system: "natter",
+            proposers: report.senders,
+            elapsed: report.elapsed,
+            latencies: report.acks.clone(),
+            errors: report.errors,
+            first_error: report.first_error.clone(),
+            note: None,
+        })
+        .collect()
+}
+
+/// A Markdown table of a node's memory per idle-session count, with the growth per session
+/// against the first sample (the baseline, no sessions) and against the previous one.
+pub fn idle_table(samples: &[IdleSample]) -> String {
+    let mut out = String::from(
+        "| idle sessions | node RSS KiB | KiB per session since 0 | KiB per session since previous |\n| ---: | ---: | ---: | ---: |\n",
+    );
+    let per_session = |from: &IdleSample, to: &IdleSample| {
+        let sessions = to.sessions.saturating_sub(from.sessions);
+        if sessions == 0 {
+            return "–".to_string();
+        }
+        format!("{:.2}", (to.rss_kib as f64 - from.rss_kib as f64) / sessions as f64)
+    };
+    for (index, sample) in samples.iter().enumerate() {
+        let (since_zero, since_previous) = match (samples.first(), index.checked_sub(1).map(|i| &samples[i])) {
+            (Some(first), Some(previous)) => (per_session(first, sample), per_session(previous, sample)),
+            _ => ("–".to_string(), "–".to_string()),
+        };
+        let _ = writeln!(out, "| {} | {} | {since_zero} | {since_previous} |", sample.sessions, sample.rss_kib);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +211,19 @@ mod tests {
         let table = ratio_table(&[report("natter", 8, 500, 10)], &[report("etcd", 1, 500, 10)]);
         assert_eq!(table.lines().count(), 2, "{table}");
         assert_eq!(ratio_table(&[], &[]), "(no runs to compare)\n");
+    }
+
+    #[test]
+    fn idle_growth_is_per_added_session() {
+        let samples = [
+            IdleSample { sessions: 0, rss_kib: 50_000 },
+            IdleSample { sessions: 1000, rss_kib: 60_000 },
+            IdleSample { sessions: 2000, rss_kib: 66_000 },
+        ];
+        let table = idle_table(&samples);
+        assert!(table.contains("| 0 | 50000 | – | – |"), "{table}");
+        assert!(table.contains("| 1000 | 60000 | 10.00 | 10.00 |"), "{table}");
+        assert!(table.contains("| 2000 | 66000 | 8.00 | 6.00 |"), "{table}");
     }
 
     #[test]

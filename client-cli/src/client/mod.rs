@@ -66,6 +66,7 @@ pub use self::state::{GAP_BUFFER_MESSAGES_MAX, SEND_ATTEMPTS_MAX, SEND_RETRY_DEL
 
 pub use self::cursors::{CursorState, CursorStore, FileCursors, MemoryCursors};
 pub use self::error::ClientError;
+pub use self::session::quic_config;
 
 /// ALPN of client sessions (DESIGN §5); the node's `natter_node::tls::CLIENT_ALPN`.
 pub const ALPN: &[u8] = b"natter/1";

@@ -26,8 +26,10 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection with no traffic (not even keep-alives) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The QUIC client configuration: TLS 1.3 trusting only the certificates in `ca_pem`.
-pub(crate) fn quic_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, ClientError> {
+/// The QUIC client configuration every session uses: TLS 1.3 trusting only the certificates
+/// in `ca_pem`, ALPN `natter/1`, keep-alives every second and a 5 s idle timeout. Public so
+/// tools that hold many bare sessions (the load generator) connect exactly as clients do.
+pub fn quic_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(ca_pem) {
         let certificate =
@@ -50,6 +52,8 @@ pub(crate) fn quic_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, ClientEr
     transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")));
     transport.max_concurrent_uni_streams(0u32.into());
+    // The server never opens a stream; quinn keeps state for every one allowed.
+    transport.max_concurrent_bidi_streams(0u32.into());
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)
