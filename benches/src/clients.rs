@@ -40,6 +40,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SEND_ERRORS_PER_SENDER_MAX: u64 = 20;
 /// Bare idle sessions share one client endpoint (UDP socket) per this many.
 pub const IDLE_SESSIONS_PER_ENDPOINT: usize = 1000;
+/// Attempts to open one idle session before the run fails.
+pub const IDLE_OPEN_ATTEMPTS_MAX: u32 = 3;
 /// How long idle sessions sit before the node's memory is read, so the allocator settles.
 pub const IDLE_SETTLE: Duration = Duration::from_secs(3);
 /// Hex digits of the send time (nanoseconds since the run's origin) that start every body.
@@ -109,6 +111,16 @@ impl ProcessCluster {
         self.tokens.issue(user, now, TOKEN_TTL_SECONDS)
     }
 
+    /// CPU time node `index`'s process has used so far (user + system), from
+    /// `/proc/PID/stat` in clock ticks of 10 ms.
+    pub fn cpu_time(&self, index: usize) -> anyhow::Result<Duration> {
+        let pid = self.nodes[index].pid;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading the stat of node process {pid}"))?;
+        let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in the stat of process {pid}"))?;
+        Ok(Duration::from_millis(ticks * CLOCK_TICK_MS))
+    }
+
     /// Resident memory of node `index`'s process, in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self, index: usize) -> anyhow::Result<u64> {
         let pid = self.nodes[index].pid;
@@ -138,6 +150,19 @@ impl Drop for ProcessCluster {
             eprintln!("stopping the node processes in {}: {error}", self.dir.path().display());
         }
     }
+}
+
+/// Length of a clock tick in `/proc/PID/stat` (`USER_HZ` is 100 on Linux).
+const CLOCK_TICK_MS: u64 = 10;
+
+/// User plus system CPU ticks from a `/proc/PID/stat` text (fields 14 and 15; the command
+/// name in field 2 may hold spaces, so fields are counted after its closing parenthesis).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// The `VmRSS` line of a `/proc/PID/status` text, in KiB.
@@ -421,6 +446,8 @@ pub struct IdleSample {
     pub sessions: usize,
     /// The node process's resident memory, KiB.
     pub rss_kib: u64,
+    /// The node's CPU use while the sessions sat idle for [`IDLE_SETTLE`], percent of one core.
+    pub cpu_percent: f64,
 }
 
 /// A bare session: the connection and its stream, held open and never used.
@@ -474,8 +501,14 @@ pub async fn run_idle(cluster: &ProcessCluster, steps: &[usize]) -> anyhow::Resu
         .map(|_| quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()))
         .collect::<Result<Vec<_>, _>>()
         .context("binding client UDP sockets")?;
-    tokio::time::sleep(IDLE_SETTLE).await;
-    let mut samples = vec![IdleSample { sessions: 0, rss_kib: cluster.rss_kib(0)? }];
+    let settle = |sessions: usize| async move {
+        let cpu_before = cluster.cpu_time(0)?;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let cpu = cluster.cpu_time(0)?.saturating_sub(cpu_before);
+        let cpu_percent = 100.0 * cpu.as_secs_f64() / IDLE_SETTLE.as_secs_f64();
+        anyhow::Ok(IdleSample { sessions, rss_kib: cluster.rss_kib(0)?, cpu_percent })
+    };
+    let mut samples = vec![settle(0).await?];
     let mut sessions: Vec<IdleSession> = Vec::with_capacity(total);
     let gate = Arc::new(Semaphore::new(CONNECTS_CONCURRENT_MAX));
     for &step in steps {
@@ -492,15 +525,28 @@ pub async fn run_idle(cluster: &ProcessCluster, steps: &[usize]) -> anyhow::Resu
             let gate = gate.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("never closed");
-                open_idle(&endpoint, quic, server, hello).await
+                // A handshake can time out while the node is busy accepting thousands of
+                // others; that says nothing about the memory being measured, so try again.
+                let mut attempt = 1;
+                loop {
+                    match open_idle(&endpoint, quic.clone(), server, hello.clone()).await {
+                        Ok(session) => return Ok(session),
+                        Err(error) if attempt >= IDLE_OPEN_ATTEMPTS_MAX => {
+                            return Err(error.context(format!("{attempt} attempts")))
+                        }
+                        Err(_) => attempt += 1,
+                    }
+                }
             }));
         }
         for task in tasks {
-            sessions.push(task.await?.context("opening an idle session")?);
+            sessions.push(task.await?.map_err(|error| anyhow::anyhow!("opening an idle session: {error:#}"))?);
         }
-        tokio::time::sleep(IDLE_SETTLE).await;
-        let sample = IdleSample { sessions: sessions.len(), rss_kib: cluster.rss_kib(0)? };
-        println!("idle sessions={:<6} node RSS={} KiB", sample.sessions, sample.rss_kib);
+        let sample = settle(sessions.len()).await?;
+        println!(
+            "idle sessions={:<6} node RSS={} KiB, CPU {:.1}% of a core",
+            sample.sessions, sample.rss_kib, sample.cpu_percent
+        );
         samples.push(sample);
     }
     drop(sessions);
@@ -521,6 +567,13 @@ mod tests {
         assert_eq!(body_stamp(&body), Some(Duration::from_micros(1_234_567)));
         assert_eq!(body_stamp("short"), None);
         assert_eq!(body_stamp("zzzzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        let stat = "4242 (natter node) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 6 0";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
     }
 
     #[test]

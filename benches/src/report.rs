@@ -158,7 +158,7 @@ pub fn messages_as_runs(reports: &[MessagesReport]) -> Vec<RunReport> {
 /// against the first sample (the baseline, no sessions) and against the previous one.
 pub fn idle_table(samples: &[IdleSample]) -> String {
     let mut out = String::from(
-        "| idle sessions | node RSS KiB | KiB per session since 0 | KiB per session since previous |\n| ---: | ---: | ---: | ---: |\n",
+        "| idle sessions | node RSS KiB | KiB per session since 0 | KiB per session since previous | node CPU % of a core |\n| ---: | ---: | ---: | ---: | ---: |\n",
     );
     let per_session = |from: &IdleSample, to: &IdleSample| {
         let sessions = to.sessions.saturating_sub(from.sessions);
@@ -172,7 +172,11 @@ pub fn idle_table(samples: &[IdleSample]) -> String {
             (Some(first), Some(previous)) => (per_session(first, sample), per_session(previous, sample)),
             _ => ("–".to_string(), "–".to_string()),
         };
-        let _ = writeln!(out, "| {} | {} | {since_zero} | {since_previous} |", sample.sessions, sample.rss_kib);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {since_zero} | {since_previous} | {:.1} |",
+            sample.sessions, sample.rss_kib, sample.cpu_percent
+        );
     }
     out
 }
@@ -216,14 +220,14 @@ mod tests {
     #[test]
     fn idle_growth_is_per_added_session() {
         let samples = [
-            IdleSample { sessions: 0, rss_kib: 50_000 },
-            IdleSample { sessions: 1000, rss_kib: 60_000 },
-            IdleSample { sessions: 2000, rss_kib: 66_000 },
+            IdleSample { sessions: 0, rss_kib: 50_000, cpu_percent: 1.0 },
+            IdleSample { sessions: 1000, rss_kib: 60_000, cpu_percent: 2.5 },
+            IdleSample { sessions: 2000, rss_kib: 66_000, cpu_percent: 4.0 },
         ];
         let table = idle_table(&samples);
-        assert!(table.contains("| 0 | 50000 | – | – |"), "{table}");
-        assert!(table.contains("| 1000 | 60000 | 10.00 | 10.00 |"), "{table}");
-        assert!(table.contains("| 2000 | 66000 | 8.00 | 6.00 |"), "{table}");
+        assert!(table.contains("| 0 | 50000 | – | – | 1.0 |"), "{table}");
+        assert!(table.contains("| 1000 | 60000 | 10.00 | 10.00 | 2.5 |"), "{table}");
+        assert!(table.contains("| 2000 | 66000 | 8.00 | 6.00 | 4.0 |"), "{table}");
     }
 
     #[test]
