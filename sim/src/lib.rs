@@ -15,5 +15,9 @@ compile_error!("natter-sim must be built with RUSTFLAGS=\"--cfg tokio_unstable\"
 pub mod check;
 pub mod entropy;
 pub mod env;
+pub mod harness;
+pub mod nemesis;
 pub mod net;
+pub mod scenario;
 pub mod smoke;
+pub mod workload;

@@ -1,0 +1,1 @@
+//! The nemesis: a fault schedule drawn from the seed and a scenario, applied to the simulation (being built).

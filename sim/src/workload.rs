@@ -1,0 +1,1 @@
+//! The workload the simulated clients run (being built).
