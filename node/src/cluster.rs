@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use natter_proto::MessageRecord;
+use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::{replicas, ShardId};
 use natter_raft::query::{Query, QueryResult};
@@ -121,6 +122,9 @@ pub struct Cluster {
     placement: BTreeMap<ShardId, Vec<NodeId>>,
     transport: Arc<Transport>,
     leader_hints: Mutex<BTreeMap<ShardId, NodeId>>,
+    /// Only for the `InterestNotReregistered` canary: the first node each shard's interest
+    /// went to.
+    first_interest_target: Mutex<BTreeMap<ShardId, NodeId>>,
     metrics: Arc<Metrics>,
     stopping: std::sync::atomic::AtomicBool,
     deliveries: Arc<Deliveries>,
@@ -173,6 +177,7 @@ impl Cluster {
             placement,
             transport: transport.clone(),
             leader_hints: Mutex::new(BTreeMap::new()),
+            first_interest_target: Mutex::new(BTreeMap::new()),
             metrics: Arc::new(Metrics::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             deliveries: Arc::new(Deliveries::default()),
@@ -283,6 +288,11 @@ impl Cluster {
         for (shard, topics) in by_shard {
             let replicas = self.placement[&shard].clone();
             let mut target = self.leader_guess(shard, &replicas);
+            let follow_hints = !canary::active(Canary::InterestNotReregistered);
+            if !follow_hints {
+                // The planted bug: interest keeps going to the first leader it reached.
+                target = *self.first_interest_target.lock().expect("first target lock").entry(shard).or_insert(target);
+            }
             for _ in 0..2 {
                 let answer = if target == me {
                     self.interest_local(shard, me, &topics)
@@ -300,7 +310,7 @@ impl Cluster {
                         }
                         break;
                     }
-                    PeerResponse::NotLeader { leader: Some(leader) } => target = leader,
+                    PeerResponse::NotLeader { leader: Some(leader) } if follow_hints => target = leader,
                     _ => break,
                 }
             }
@@ -603,6 +613,12 @@ impl Cluster {
     pub async fn read(&self, shard: ShardId, query: Query) -> Result<QueryResult, ClusterError> {
         let replicas = self.placement.get(&shard).ok_or(ClusterError::NoSuchShard(shard))?.clone();
         if self.groups.contains_key(&shard) {
+            if canary::active(Canary::StaleFollowerRead) {
+                return self
+                    .store
+                    .read_shard(shard, |reader, txn| reader.query(txn, &query))
+                    .map_err(|error| ClusterError::Unavailable { shard, reason: error.to_string() });
+            }
             return self.read_local(shard, &query).await;
         }
         let deadline = self.clock.now() + Duration::from_millis(self.config.proposal_timeout_ms);

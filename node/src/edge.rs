@@ -23,6 +23,7 @@ use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frames::{ClientFrame, ConversationSummary, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
+use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::{shard_of_conversation, shard_of_user};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
@@ -439,6 +440,9 @@ impl Session {
                     body: body.clone(),
                 };
                 let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                if canary::active(Canary::AckBeforeCommit) {
+                    return self.ack_before_commit(shard, *conversation, *client_seq, command).await;
+                }
                 let reply = match self.edge.cluster.propose(shard, command).await {
                     Ok(Response::Appended { conversation, seq, ts, .. }) => {
                         // Sending to a conversation joined after hello starts following it.
@@ -488,6 +492,26 @@ impl Session {
                 self.reply_error(&frame, ErrorCode::InvalidArgument, "typing and presence are not served yet").await
             }
         }
+    }
+
+    /// The `AckBeforeCommit` canary: `send_ok` goes out at once with the seq the local
+    /// replica expects next (1 where this node holds none), then the append is proposed and
+    /// its outcome ignored, as an edge that acknowledged too early would.
+    async fn ack_before_commit(
+        &mut self,
+        shard: natter_raft::ShardId,
+        conversation: ConversationId,
+        client_seq: u64,
+        command: Command,
+    ) -> Result<(), End> {
+        let local = self.edge.cluster.store().read_shard(shard, |reader, txn| reader.conversation(txn, &conversation));
+        let seq = local.ok().flatten().map_or(1, |view| view.last_seq + 1);
+        let ts = self.edge.clock.wall_ms();
+        self.write(&ServerFrame::SendOk { conversation, client_seq, seq, ts }).await?;
+        if let Ok(Response::Appended { seq, .. }) = self.edge.cluster.propose(shard, command).await {
+            self.follow(conversation, seq - 1);
+        }
+        Ok(())
     }
 
     async fn answer(
