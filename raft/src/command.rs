@@ -73,6 +73,14 @@ pub enum Command {
         /// New read seq, if any (reading implies delivery).
         read: Option<u64>,
     },
+    /// Move many devices' cursors at once: the acks and reads a node gathered for this shard
+    /// (DESIGN §4: acks are batched into the shard). Each move is applied as
+    /// [`Command::MoveCursor`] would be, alone: one refused move refuses only itself. At most
+    /// [`CURSOR_MOVES_MAX`] moves.
+    MoveCursors {
+        /// The moves, each for a different (conversation, user, device).
+        moves: Vec<CursorMove>,
+    },
     /// User shard: record that `user` joined or left `conversation`. Delivered from a
     /// conversation shard's outbox; applying it twice, or late, is harmless because a record
     /// with a version at or below the stored one is ignored.
@@ -130,6 +138,7 @@ impl fmt::Display for Command {
             Self::MoveCursor { conversation, user, device, delivered, read } => {
                 write!(f, "cursor {conversation} {user}/{device} d={delivered:?} r={read:?}")
             }
+            Self::MoveCursors { moves } => write!(f, "{} cursor moves", moves.len()),
             Self::ApplyMembership { user, conversation, member, version } => {
                 write!(f, "membership {user} in {conversation}={member} v{version}")
             }
@@ -170,6 +179,11 @@ pub enum Response {
         delivered: u64,
         /// Read seq.
         read: u64,
+    },
+    /// Each move's outcome, in the order of [`Command::MoveCursors`]'s moves.
+    Cursors {
+        /// The device's cursors after the move, or why it was refused.
+        outcomes: Vec<Result<Cursor, CommandError>>,
     },
     /// Applied; nothing to report (membership and blank entries, user-shard records).
     Done,
@@ -242,6 +256,24 @@ pub struct ConversationView {
 /// A committed message as readers see it: the wire record itself, so history and delivery
 /// hand out what the state machine stored without a copy into another shape.
 pub type MessageView = natter_proto::frames::MessageRecord;
+
+/// Most cursor moves one [`Command::MoveCursors`] carries.
+pub const CURSOR_MOVES_MAX: usize = 1024;
+
+/// One device's cursor move inside [`Command::MoveCursors`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorMove {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The device's user; must be a member.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// New delivered seq, if any.
+    pub delivered: Option<u64>,
+    /// New read seq, if any (reading implies delivery).
+    pub read: Option<u64>,
+}
 
 /// A device's cursors in one conversation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use natter_proto::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, CommandError, ConversationView, Cursor, MessageView, OutboxId, OutboxItem, Response, UserRecord,
-    UserSettings,
+    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, OutboxId, OutboxItem, Response,
+    UserRecord, UserSettings, CURSOR_MOVES_MAX,
 };
 use crate::placement::ShardId;
 use crate::tables::{decode, delete_prefix, get, put, read_u64, Key, Tables};
@@ -73,6 +73,7 @@ pub fn apply(
         Command::MoveCursor { conversation, user, device, delivered, read } => {
             machine.move_cursor(txn, conversation, user, device, *delivered, *read)
         }
+        Command::MoveCursors { moves } => machine.move_cursors(txn, moves),
         Command::ApplyMembership { user, conversation, member, version } => {
             machine.apply_membership(txn, user, conversation, *member, *version).map(Ok)
         }
@@ -395,6 +396,26 @@ impl Machine<'_> {
             put(&self.tables.cursors, txn, key.as_bytes(), &new)?;
         }
         Ok(Ok(Response::Cursor { delivered, read }))
+    }
+
+    fn move_cursors(&mut self, txn: &mut RwTxn<'_>, moves: &[CursorMove]) -> Outcome {
+        if moves.len() > CURSOR_MOVES_MAX {
+            return Ok(Err(CommandError::TooLarge(format!(
+                "{} cursor moves, expected at most {CURSOR_MOVES_MAX}",
+                moves.len()
+            ))));
+        }
+        let mut outcomes = Vec::with_capacity(moves.len());
+        for step in moves {
+            let outcome =
+                self.move_cursor(txn, &step.conversation, &step.user, &step.device, step.delivered, step.read)?;
+            outcomes.push(match outcome {
+                Ok(Response::Cursor { delivered, read }) => Ok(Cursor { delivered, read }),
+                Ok(other) => unreachable!("a cursor move answers with a cursor, not {other:?}"),
+                Err(error) => Err(error),
+            });
+        }
+        Ok(Ok(Response::Cursors { outcomes }))
     }
 
     fn apply_membership(

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use heed::RoTxn;
 use natter_proto::limits::{DEDUP_WINDOW, HISTORY_PAGE_MAX};
 use natter_proto::{ConversationId, DeviceId, UserId};
-use natter_raft::command::{Command, CommandError, ConversationView, Cursor, MessageView, Response};
+use natter_raft::command::{
+    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, Response, CURSOR_MOVES_MAX,
+};
 use natter_raft::placement::ShardId;
 use natter_raft::state_machine::{self, Reader};
 use natter_raft::store::{Durability, Store, StoreConfig};
@@ -1108,4 +1110,64 @@ fn dedup_window_edge() {
         messages.iter().map(|m| (m.sender.clone(), m.sender_device.clone(), m.client_seq)).collect();
     assert_eq!(keys.len(), messages.len(), "a client_seq was stored twice");
     assert_eq!(messages.len(), sent.len() + 1 + 1 + 2 + 2);
+}
+
+/// A batch of cursor moves applies each move as `MoveCursor` would, alone: members' cursors
+/// move forward (clamped to the newest message, never back), a non-member's move is refused
+/// without touching the others, and an oversized batch is refused whole.
+#[test]
+fn cursor_moves_apply_one_by_one() {
+    let node = Node::open();
+    let mut driver = Driver::new(ShardId(3));
+    let id = conversation(0);
+    let create = Command::CreateConversation {
+        conversation: id,
+        creator: user(0),
+        members: [user(0), user(1)].into(),
+        title: None,
+        direct: false,
+        ts: 1,
+    };
+    assert!(matches!(driver.apply(&node, &create), Response::Conversation { created: true, .. }));
+    for client_seq in 1..=3 {
+        let send = Command::Append {
+            conversation: id,
+            sender: user(0),
+            device: device(0),
+            client_seq,
+            ts: 10,
+            body: "m".into(),
+        };
+        assert!(matches!(driver.apply(&node, &send), Response::Appended { duplicate: false, .. }));
+    }
+    let step = |u: usize, d: usize, delivered: Option<u64>, read: Option<u64>| CursorMove {
+        conversation: id,
+        user: user(u),
+        device: device(d),
+        delivered,
+        read,
+    };
+    let moves = vec![step(1, 0, Some(2), None), step(3, 0, Some(1), None), step(0, 1, None, Some(5))];
+    let Response::Cursors { outcomes } = driver.apply(&node, &Command::MoveCursors { moves }) else {
+        panic!("a batch answers with cursors");
+    };
+    assert_eq!(outcomes[0], Ok(Cursor { delivered: 2, read: 0 }));
+    assert!(matches!(&outcomes[1], Err(CommandError::NotMember { .. })), "{:?}", outcomes[1]);
+    assert_eq!(outcomes[2], Ok(Cursor { delivered: 3, read: 3 }), "clamped to the newest message");
+    assert_eq!(node.cursor(driver.shard, id, 1, 0), Cursor { delivered: 2, read: 0 });
+    assert_eq!(node.cursor(driver.shard, id, 3, 0), Cursor::default(), "the non-member wrote nothing");
+
+    let back = vec![step(1, 0, Some(1), None)];
+    let Response::Cursors { outcomes } = driver.apply(&node, &Command::MoveCursors { moves: back }) else {
+        panic!("a batch answers with cursors");
+    };
+    assert_eq!(outcomes, vec![Ok(Cursor { delivered: 2, read: 0 })], "a cursor never moves back");
+
+    let before = node.dump(driver.shard);
+    let oversized = vec![step(1, 0, Some(3), None); CURSOR_MOVES_MAX + 1];
+    assert!(matches!(
+        driver.apply(&node, &Command::MoveCursors { moves: oversized }),
+        Response::Rejected(CommandError::TooLarge(_))
+    ));
+    assert_eq!(node.dump(driver.shard), before, "an oversized batch writes nothing");
 }
