@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use natter_proto::MessageRecord;
+use natter_proto::{ConversationId, MessageRecord, UserId};
 use natter_raft::canary::{self, Canary};
-use natter_raft::command::{Command, Response};
+use natter_raft::command::{Command, CursorMove, Response};
 use natter_raft::placement::{replicas, ShardId};
 use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
@@ -19,6 +19,7 @@ use openraft::{ReadPolicy, ServerState};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::acks::{AckBatcher, ACK_FLUSH_INTERVAL};
 use crate::config::Config;
 use crate::delivery::{Deliveries, Listing, Push, Topic, INTEREST_REFRESH};
 use crate::env::{Clock, NodeEnv};
@@ -128,6 +129,10 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     stopping: std::sync::atomic::AtomicBool,
     deliveries: Arc<Deliveries>,
+    /// Sessions' cursor moves waiting to be proposed per shard.
+    acks: Mutex<AckBatcher>,
+    /// Wakes the ack flusher when the first move of a round arrives.
+    acks_added: tokio::sync::Notify,
     clock: Arc<dyn Clock>,
 }
 
@@ -181,6 +186,8 @@ impl Cluster {
             metrics: Arc::new(Metrics::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             deliveries: Arc::new(Deliveries::default()),
+            acks: Mutex::new(AckBatcher::default()),
+            acks_added: tokio::sync::Notify::new(),
             clock: env.clock.clone(),
         });
         // Serve peers before initialising: a group's first membership entry commits only once a
@@ -199,6 +206,8 @@ impl Cluster {
         crate::spawn(async move { relay.relay_outboxes().await });
         let refresher = cluster.clone();
         crate::spawn(async move { refresher.refresh_interest().await });
+        let flusher = cluster.clone();
+        crate::spawn(async move { flusher.flush_acks().await });
         Ok(cluster)
     }
 
@@ -239,6 +248,52 @@ impl Cluster {
                 }
             }
             tokio::time::sleep(OUTBOX_RELAY_INTERVAL).await;
+        }
+    }
+
+    /// Queues a session's cursor move for the shard's next `MoveCursors` batch; false if the
+    /// queue is full, and the caller proposes the move itself.
+    pub fn submit_cursor_move(&self, shard: ShardId, step: CursorMove) -> bool {
+        let mut acks = self.acks.lock().expect("acks lock");
+        let was_empty = acks.is_empty();
+        let queued = acks.handle_move(shard, step);
+        if queued && was_empty {
+            self.acks_added.notify_one();
+        }
+        queued
+    }
+
+    /// Proposes the queued cursor moves, one `MoveCursors` entry per shard, every
+    /// [`ACK_FLUSH_INTERVAL`] while there are any. A batch that fails (no leader in time) goes
+    /// back into the queue for the next round.
+    async fn flush_acks(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        while !self.stopping.load(Relaxed) {
+            if self.acks.lock().expect("acks lock").is_empty() {
+                tokio::select! {
+                    biased;
+                    () = self.acks_added.notified() => {}
+                    // Checks `stopping` now and then.
+                    () = tokio::time::sleep(INTEREST_REFRESH) => continue,
+                }
+            }
+            tokio::time::sleep(ACK_FLUSH_INTERVAL).await;
+            let batches = self.acks.lock().expect("acks lock").poll_batches();
+            for (shard, moves) in batches {
+                let cluster = self.clone();
+                crate::spawn(async move {
+                    let command = Command::MoveCursors { moves: moves.clone() };
+                    match cluster.propose(shard, command).await {
+                        Ok(Response::Cursors { .. }) => {}
+                        Ok(other) => tracing::warn!(%shard, ?other, "a cursor batch was refused"),
+                        Err(error) => {
+                            tracing::debug!(%shard, %error, "a cursor batch will be retried");
+                            cluster.acks.lock().expect("acks lock").handle_failed(shard, moves);
+                            cluster.acks_added.notify_one();
+                        }
+                    }
+                });
+            }
         }
     }
 
@@ -363,6 +418,26 @@ impl Cluster {
         match progress {
             Ok(progress) => PeerResponse::Interest(progress),
             Err(error) => PeerResponse::Failed(error.to_string()),
+        }
+    }
+
+    /// Leader side, after cursor moves committed: pushes each (conversation, member)'s
+    /// receipt, the highest cursors over the member's devices, read from the state this leader
+    /// just applied, so receipts never go backwards.
+    fn push_receipts(&self, shard: ShardId, moved: BTreeSet<(ConversationId, UserId)>) {
+        for (conversation, user) in moved {
+            let receipt = self.store.read_shard(shard, |reader, txn| {
+                let mut highest = (0, 0);
+                for (owner, _, cursor) in reader.cursors(txn, &conversation)? {
+                    if owner == user {
+                        highest = (highest.0.max(cursor.delivered), highest.1.max(cursor.read));
+                    }
+                }
+                Ok(highest)
+            });
+            if let Ok((delivered, read)) = receipt {
+                self.push(shard, Push::Receipt { conversation, user, delivered, read });
+            }
         }
     }
 
@@ -510,9 +585,11 @@ impl Cluster {
             }
             _ => None,
         };
-        let cursor = match &command {
-            Command::MoveCursor { conversation, user, .. } => Some((*conversation, user.clone())),
-            _ => None,
+        // The members whose receipts a committed cursor move changes.
+        let moved: Vec<(ConversationId, UserId)> = match &command {
+            Command::MoveCursor { conversation, user, .. } => vec![(*conversation, user.clone())],
+            Command::MoveCursors { moves } => moves.iter().map(|step| (step.conversation, step.user.clone())).collect(),
+            _ => Vec::new(),
         };
         // A join recorded on the user's shard (relayed from the conversation's outbox). A
         // duplicate or stale record is pushed too: sessions already following the conversation
@@ -532,22 +609,17 @@ impl Cluster {
                         MessageRecord { conversation, seq: *seq, sender, sender_device, client_seq, ts: *ts, body };
                     self.push(shard, Push::Message(message));
                 }
-                if let (Some((conversation, user)), Response::Cursor { .. }) = (cursor, &written.data) {
-                    // Receipts are per member: the highest cursors over the member's devices,
-                    // read from the state this leader just applied, so they never go backwards.
-                    let receipt = self.store.read_shard(shard, |reader, txn| {
-                        let mut highest = (0, 0);
-                        for (owner, _, cursor) in reader.cursors(txn, &conversation)? {
-                            if owner == user {
-                                highest = (highest.0.max(cursor.delivered), highest.1.max(cursor.read));
-                            }
-                        }
-                        Ok(highest)
-                    });
-                    if let Ok((delivered, read)) = receipt {
-                        self.push(shard, Push::Receipt { conversation, user, delivered, read });
-                    }
-                }
+                let moved: BTreeSet<(ConversationId, UserId)> = match &written.data {
+                    Response::Cursor { .. } => moved.into_iter().collect(),
+                    Response::Cursors { outcomes } => moved
+                        .into_iter()
+                        .zip(outcomes)
+                        .filter(|(_, outcome)| outcome.is_ok())
+                        .map(|(pair, _)| pair)
+                        .collect(),
+                    _ => BTreeSet::new(),
+                };
+                self.push_receipts(shard, moved);
                 if let (Some((user, conversation)), Response::Done) = (joined, &written.data) {
                     self.push(shard, Push::Joined { user, conversation });
                 }

@@ -24,7 +24,7 @@ use natter_proto::frames::{ClientFrame, ConversationSummary, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::canary::{self, Canary};
-use natter_raft::command::{Command, Response};
+use natter_raft::command::{Command, CursorMove, Response};
 use natter_raft::placement::{shard_of_conversation, shard_of_user};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
 use rand::rngs::StdRng;
@@ -459,14 +459,24 @@ impl Session {
                     ClientFrame::Ack { .. } => (Some(*seq), None),
                     _ => (None, Some(*seq)),
                 };
-                let command = Command::MoveCursor {
+                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                let step = CursorMove {
                     conversation: *conversation,
                     user: user.clone(),
                     device: device.clone(),
                     delivered,
                     read,
                 };
-                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                // A followed conversation is one the user is a member of: its moves join the
+                // shard's next batch. Anything else is proposed alone, so a non-member (or a
+                // full queue) gets its answer on this session.
+                if self.delivered.contains_key(conversation)
+                    && self.edge.cluster.submit_cursor_move(shard, step.clone())
+                {
+                    return Ok(());
+                }
+                let CursorMove { conversation, user, device, delivered, read } = step;
+                let command = Command::MoveCursor { conversation, user, device, delivered, read };
                 match self.edge.cluster.propose(shard, command).await {
                     // Receipts fan out with delivery; a cursor move itself needs no answer.
                     Ok(Response::Cursor { .. }) => Ok(()),

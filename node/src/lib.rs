@@ -9,6 +9,7 @@
 //! [`NodeEnv`], and spawns every task through [`spawn`] (openraft's seeded runtime), so a
 //! simulated run is reproducible from its seed.
 
+pub mod acks;
 pub mod auth;
 pub mod cluster;
 pub mod config;
