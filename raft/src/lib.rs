@@ -27,6 +27,6 @@ pub mod writer;
 
 pub use command::{Command, CommandError, Response};
 pub use placement::ShardId;
-pub use store::{Durability, ShardLog, ShardStateMachine, Store, StoreConfig};
+pub use store::{Durability, ShardLog, ShardStateMachine, StorageFaults, Store, StoreConfig};
 pub use types::TypeConfig;
 pub use writer::WriterMode;

@@ -58,6 +58,17 @@ pub struct StoreConfig {
     pub writer: WriterMode,
     /// Commit durability.
     pub durability: Durability,
+    /// Faults injected at the storage seam (the simulator's nemesis); `None` in production.
+    pub faults: Option<Arc<dyn StorageFaults>>,
+}
+
+/// Faults a simulator injects where the store writes (DESIGN §8): failing writes and slow
+/// fsyncs. Consulted once per write transaction the store hands to its writer.
+pub trait StorageFaults: Send + Sync + Debug {
+    /// An error fails this write, and nothing of it is written, as a failing disk would.
+    fn before_write(&self) -> Option<io::Error>;
+    /// How much longer this write takes to become durable (a slow fsync).
+    fn fsync_delay(&self) -> std::time::Duration;
 }
 
 impl StoreConfig {
@@ -68,6 +79,7 @@ impl StoreConfig {
             map_bytes: MAP_BYTES_DEFAULT,
             writer: WriterMode::GroupCommit,
             durability: Durability::Sync,
+            faults: None,
         }
     }
 }
@@ -77,6 +89,7 @@ pub struct Store {
     env: Env,
     tables: Tables,
     writer: Writer,
+    faults: Option<Arc<dyn StorageFaults>>,
 }
 
 impl Debug for Store {
@@ -106,7 +119,7 @@ impl Store {
         let tables = Tables::create(&env, &mut txn).map_err(io::Error::other)?;
         txn.commit().map_err(io::Error::other)?;
         let writer = Writer::start(config.writer, &env, tables)?;
-        Ok(Arc::new(Self { env, tables, writer }))
+        Ok(Arc::new(Self { env, tables, writer, faults: config.faults.clone() }))
     }
 
     /// The environment's directory.
@@ -153,6 +166,16 @@ impl Store {
 
     /// Hands an op to the writer.
     pub async fn submit(&self, op: Box<dyn WriteOp>) {
+        if let Some(faults) = &self.faults {
+            if let Some(error) = faults.before_write() {
+                op.complete(Err(error));
+                return;
+            }
+            let delay = faults.fsync_delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         self.writer.submit(&self.env, &self.tables, op).await
     }
 
