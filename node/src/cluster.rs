@@ -144,6 +144,7 @@ impl Cluster {
         let store_config = StoreConfig {
             writer: env.writer,
             durability: env.durability,
+            faults: env.storage_faults.clone(),
             ..StoreConfig::new(config.data_dir.join("lmdb"))
         };
         let store = Store::open(&store_config)?;

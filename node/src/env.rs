@@ -127,6 +127,8 @@ pub struct NodeEnv {
     pub data_dir: PathBuf,
     /// Whether to serve HTTP (the simulator runs without it).
     pub http: bool,
+    /// Faults the simulator injects at the store's writes; `None` in production.
+    pub storage_faults: Option<Arc<dyn natter_raft::StorageFaults>>,
 }
 
 impl fmt::Debug for NodeEnv {
@@ -152,6 +154,7 @@ impl NodeEnv {
             durability: Durability::Sync,
             data_dir,
             http: true,
+            storage_faults: None,
         }
     }
 }
