@@ -74,5 +74,6 @@ pub fn sim_env(seed: u64, data_dir: PathBuf) -> NodeEnv {
         durability: Durability::NoSync,
         data_dir,
         http: false,
+        storage_faults: None,
     }
 }
