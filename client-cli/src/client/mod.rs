@@ -66,7 +66,7 @@ pub use self::state::{GAP_BUFFER_MESSAGES_MAX, SEND_ATTEMPTS_MAX, SEND_RETRY_DEL
 
 pub use self::cursors::{CursorState, CursorStore, FileCursors, MemoryCursors};
 pub use self::error::ClientError;
-pub use self::session::quic_config;
+pub use self::session::{quic_config, EndpointFactory, EndpointFuture};
 
 /// ALPN of client sessions (DESIGN §5); the node's `natter_node::tls::CLIENT_ALPN`.
 pub const ALPN: &[u8] = b"natter/1";
@@ -116,6 +116,11 @@ pub struct ClientConfig {
     /// False for a client that only sends: it asks for no missed messages and drops pushed
     /// ones, so a backlog is not streamed to it.
     pub receive_messages: bool,
+    /// Makes the QUIC endpoint each session dials from (one per connection attempt). `None`
+    /// binds a real UDP socket with [`quinn::Endpoint::client`]; the simulator hands in
+    /// endpoints over its simulated network with a seeded [`quinn::EndpointConfig`], so the
+    /// same client code runs inside it.
+    pub endpoint: Option<EndpointFactory>,
 }
 
 impl ClientConfig {
@@ -134,6 +139,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             receive_messages: true,
+            endpoint: None,
         }
     }
 
@@ -364,7 +370,15 @@ impl Client {
         let mut opened = None;
         for (index, &server) in config.servers.iter().enumerate() {
             let hello = hello_frame(&config, &core);
-            match session::open(quic.clone(), server, config.server_name.clone(), hello, config.connect_timeout).await {
+            let open = session::open(
+                config.endpoint.as_ref(),
+                quic.clone(),
+                server,
+                config.server_name.clone(),
+                hello,
+                config.connect_timeout,
+            );
+            match open.await {
                 Ok(session) => {
                     opened = Some((index, session));
                     break;
@@ -643,7 +657,10 @@ impl Task {
             self.server = (self.server + 1) % self.config.servers.len();
             let server = self.config.servers[self.server];
             let hello = hello_frame(&self.config, &self.core);
+            // Cloned so the connect future does not borrow the task, which `idle` needs.
+            let endpoint = self.config.endpoint.clone();
             let open = session::open(
+                endpoint.as_ref(),
                 self.quic.clone(),
                 server,
                 self.config.server_name.clone(),

@@ -2,7 +2,11 @@
 //! bidirectional stream, `hello` → `welcome`. Writes go through a small writer task so the
 //! client's loop never blocks on flow control while the server is blocked writing to it.
 
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +63,36 @@ pub fn quic_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, ClientError> {
     Ok(config)
 }
 
+/// What an [`EndpointFactory`] returns: a future of a bound client endpoint.
+pub type EndpointFuture = Pin<Box<dyn Future<Output = io::Result<quinn::Endpoint>> + Send>>;
+
+/// Makes the QUIC endpoint a session dials from, in place of a real UDP socket bound by
+/// [`quinn::Endpoint::client`]. The simulator builds endpoints over its own network with
+/// [`quinn::Endpoint::new_with_abstract_socket`] and a seeded [`quinn::EndpointConfig`], so
+/// no real socket and no unseeded randomness reach a simulated client.
+///
+/// It is called once per connection attempt; each endpoint lives as long as its session.
+#[derive(Clone)]
+pub struct EndpointFactory(Arc<dyn Fn() -> EndpointFuture + Send + Sync>);
+
+impl EndpointFactory {
+    /// A factory calling `make` for every connection attempt.
+    pub fn new(make: impl Fn() -> EndpointFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    /// A new endpoint.
+    pub fn make(&self) -> EndpointFuture {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for EndpointFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EndpointFactory(..)")
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug)]
 pub(crate) enum OpenError {
@@ -87,35 +121,43 @@ pub(crate) struct Session {
     endpoint: quinn::Endpoint,
 }
 
-/// Connects to `node`, says `hello` and waits for `welcome`, all within `timeout`.
+/// Connects to `node` from an endpoint made by `endpoint` (a real UDP socket if `None`), says
+/// `hello` and waits for `welcome`, all within `timeout`.
 pub(crate) async fn open(
+    endpoint: Option<&EndpointFactory>,
     config: quinn::ClientConfig,
     node: SocketAddr,
     server_name: String,
     hello: ClientFrame,
     timeout: Duration,
 ) -> Result<(Session, Welcome), OpenError> {
-    match tokio::time::timeout(timeout, open_inner(config, node, &server_name, &hello)).await {
+    match tokio::time::timeout(timeout, open_inner(endpoint, config, node, &server_name, &hello)).await {
         Ok(result) => result,
         Err(_) => Err(OpenError::Failed(format!("no welcome within {} ms", timeout.as_millis()))),
     }
 }
 
 async fn open_inner(
+    endpoint: Option<&EndpointFactory>,
     config: quinn::ClientConfig,
     node: SocketAddr,
     server_name: &str,
     hello: &ClientFrame,
 ) -> Result<(Session, Welcome), OpenError> {
     let failed = |what: &str, error: &dyn std::fmt::Display| OpenError::Failed(format!("{what}: {error}"));
-    // Loopback servers are reached from a loopback socket; others from any address.
-    let bind: SocketAddr = match (node.is_ipv4(), node.ip().is_loopback()) {
-        (true, true) => (Ipv4Addr::LOCALHOST, 0).into(),
-        (true, false) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        (false, true) => (Ipv6Addr::LOCALHOST, 0).into(),
-        (false, false) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let endpoint = match endpoint {
+        Some(factory) => factory.make().await.map_err(|error| failed("cannot make an endpoint", &error))?,
+        None => {
+            // Loopback servers are reached from a loopback socket; others from any address.
+            let bind: SocketAddr = match (node.is_ipv4(), node.ip().is_loopback()) {
+                (true, true) => (Ipv4Addr::LOCALHOST, 0).into(),
+                (true, false) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                (false, true) => (Ipv6Addr::LOCALHOST, 0).into(),
+                (false, false) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            quinn::Endpoint::client(bind).map_err(|error| failed("cannot bind a UDP socket", &error))?
+        }
     };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|error| failed("cannot bind a UDP socket", &error))?;
     let connecting =
         endpoint.connect_with(config, node, server_name).map_err(|error| failed("cannot connect", &error))?;
     let connection = connecting.await.map_err(|error| failed("connection failed", &error))?;
