@@ -9,8 +9,11 @@
 //! 2. **No gaps, no duplicates**: each device saw consecutive seqs (from where it started).
 //! 3. **At most once**: no `(sender, device, client_seq)` occupies two seqs.
 //! 4. **Acknowledged means kept**: every `send_ok` seq holds that very send, forever after.
-//! 5. **Completeness** (after faults heal): every device saw every seq up to the end.
+//! 5. **Completeness** (after faults heal): every device saw every seq up to the end, the
+//!    highest acknowledged one included.
 //! 6. **Receipts move forward**: per observer and member, receipts never decrease.
+//! 7. **Liveness** (when the history has a heal phase): once faults stopped, every send got an
+//!    answer and every device caught up within the phase's bound of simulated time.
 //!
 //! Each checker is proven by a planted bug in this module's tests.
 
@@ -72,6 +75,25 @@ pub struct History {
     pub starts: BTreeMap<(Observer, ConversationId), u64>,
     /// Per observer, the receipts it saw: (conversation, member, delivered, read), in order.
     pub receipts: BTreeMap<Observer, Vec<(ConversationId, UserId, u64, u64)>>,
+    /// Messages returned by history reads; they must agree with what devices were handed.
+    pub reads: Vec<MessageRecord>,
+    /// Sends invoked that never got any outcome, not even a timeout, by the end of the run.
+    pub unfinished: Vec<SendRecord>,
+    /// The heal phase, if the run had one (the simulator's does; a soak without a bound on
+    /// recovery does not).
+    pub heal: Option<HealPhase>,
+}
+
+/// The end of a run: faults stopped, then the run waited until every send had its answer and
+/// every device had caught up, at most `bound_ms` of simulated time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealPhase {
+    /// When faults stopped, simulated milliseconds since the run began.
+    pub started_ms: u64,
+    /// How long settling may take, simulated milliseconds.
+    pub bound_ms: u64,
+    /// When everything had settled, if it did before the run gave up.
+    pub settled_ms: Option<u64>,
 }
 
 /// A broken guarantee, with enough detail to find it.
@@ -141,6 +163,16 @@ pub enum Violation {
         /// The later one.
         after: (u64, u64),
     },
+    /// After faults stopped, sends stayed unanswered or devices behind for longer than the
+    /// heal bound (or for good).
+    NotSettled {
+        /// Simulated milliseconds waited after the faults stopped.
+        waited_ms: u64,
+        /// The bound, simulated milliseconds.
+        bound_ms: u64,
+        /// Sends still without an answer.
+        unfinished_sends: usize,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -163,6 +195,7 @@ pub fn check(history: &History, complete: bool) -> Vec<Violation> {
         violations.extend(completeness(history, &canonical));
     }
     violations.extend(receipts_forward(history));
+    violations.extend(liveness(history));
     violations
 }
 
@@ -174,20 +207,19 @@ fn same_message(a: &MessageRecord, b: &MessageRecord) -> bool {
 pub fn agreement(history: &History) -> (Canonical, Vec<Violation>) {
     let mut canonical: Canonical = BTreeMap::new();
     let mut violations = Vec::new();
-    for messages in history.deliveries.values() {
-        for message in messages {
-            let seqs = canonical.entry(message.conversation).or_default();
-            match seqs.get(&message.seq) {
-                None => {
-                    seqs.insert(message.seq, message.clone());
-                }
-                Some(known) if same_message(known, message) => {}
-                Some(known) => violations.push(Violation::Disagreement {
-                    conversation: message.conversation,
-                    seq: message.seq,
-                    detail: format!("{known:?} vs {message:?}"),
-                }),
+    // Deliveries first, so a read that disagrees is reported against what devices saw.
+    for message in history.deliveries.values().flatten().chain(&history.reads) {
+        let seqs = canonical.entry(message.conversation).or_default();
+        match seqs.get(&message.seq) {
+            None => {
+                seqs.insert(message.seq, message.clone());
             }
+            Some(known) if same_message(known, message) => {}
+            Some(known) => violations.push(Violation::Disagreement {
+                conversation: message.conversation,
+                seq: message.seq,
+                detail: format!("{known:?} vs {message:?}"),
+            }),
         }
     }
     (canonical, violations)
@@ -264,9 +296,17 @@ pub fn acknowledged_kept(history: &History, canonical: &Canonical) -> Vec<Violat
     violations
 }
 
-/// Checker 5: every device saw every existing seq of the conversations it followed.
+/// Checker 5: every device saw every existing seq of the conversations it followed: every seq
+/// any observer or read saw, and every seq a `send_ok` named.
 pub fn completeness(history: &History, canonical: &Canonical) -> Vec<Violation> {
     let mut violations = Vec::new();
+    let mut acknowledged: BTreeMap<ConversationId, u64> = BTreeMap::new();
+    for send in &history.sends {
+        if let SendOutcome::Acknowledged(seq) = send.outcome {
+            let highest = acknowledged.entry(send.conversation).or_default();
+            *highest = (*highest).max(seq);
+        }
+    }
     let followed: BTreeSet<(Observer, ConversationId)> = history
         .starts
         .keys()
@@ -276,7 +316,11 @@ pub fn completeness(history: &History, canonical: &Canonical) -> Vec<Violation> 
         }))
         .collect();
     for (observer, conversation) in followed {
-        let last_seq = canonical.get(&conversation).and_then(|seqs| seqs.keys().next_back().copied()).unwrap_or(0);
+        let last_seq = canonical
+            .get(&conversation)
+            .and_then(|seqs| seqs.keys().next_back().copied())
+            .unwrap_or(0)
+            .max(acknowledged.get(&conversation).copied().unwrap_or(0));
         let seen = history
             .deliveries
             .get(&observer)
@@ -311,6 +355,27 @@ pub fn receipts_forward(history: &History) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// Checker 7: with a heal phase, every send was answered and the run settled within the bound.
+/// (Which devices are behind is for [`completeness`] to say.)
+pub fn liveness(history: &History) -> Vec<Violation> {
+    let Some(heal) = history.heal else { return Vec::new() };
+    let waited_ms = heal.settled_ms.map(|settled| settled.saturating_sub(heal.started_ms));
+    let in_time = waited_ms.is_some_and(|waited| waited <= heal.bound_ms);
+    if in_time && history.unfinished.is_empty() {
+        return Vec::new();
+    }
+    vec![Violation::NotSettled {
+        waited_ms: waited_ms.unwrap_or(heal.bound_ms),
+        bound_ms: heal.bound_ms,
+        unfinished_sends: history.unfinished.len(),
+    }]
+}
+
+/// True when no device is behind: what the simulator waits for after faults stop.
+pub fn caught_up(history: &History) -> bool {
+    completeness(history, &agreement(history).0).is_empty()
 }
 
 #[cfg(test)]
@@ -457,6 +522,62 @@ mod tests {
         assert!(check(&history, true)
             .iter()
             .any(|v| matches!(v, Violation::ReceiptBackwards { before: (3, 2), after: (3, 1), .. })));
+    }
+
+    #[test]
+    fn planted_acknowledged_seq_nobody_saw_is_incomplete() {
+        // A push lost for every device: send_ok said seq 4, but no device was handed it.
+        let mut history = good();
+        history.sends.push(SendRecord {
+            observer: observer("alice", "phone"),
+            conversation: conversation(),
+            client_seq: 4,
+            body: "alice/phone #4".into(),
+            outcome: SendOutcome::Acknowledged(4),
+        });
+        assert!(!caught_up(&history));
+        let violations = completeness(&history, &agreement(&history).0);
+        assert!(violations.iter().any(|v| matches!(v, Violation::Incomplete { last_seq: 4, seen: 3, .. })));
+    }
+
+    #[test]
+    fn planted_disagreeing_read_is_caught() {
+        // A follower serving a different message at seq 2 in a history page.
+        let mut history = good();
+        let mut forged = history.deliveries[&observer("bob", "laptop")][1].clone();
+        forged.body = "stale".into();
+        history.reads.push(forged);
+        assert!(check(&history, true).iter().any(|v| matches!(v, Violation::Disagreement { seq: 2, .. })));
+        let mut history = good();
+        let read = history.deliveries[&observer("bob", "laptop")][1].clone();
+        history.reads.push(read);
+        assert_eq!(check(&history, true), vec![]);
+    }
+
+    #[test]
+    fn planted_unsettled_heal_is_caught() {
+        let heal = |settled_ms| Some(HealPhase { started_ms: 10_000, bound_ms: 5_000, settled_ms });
+        let mut history = good();
+        history.heal = heal(Some(14_000));
+        assert_eq!(check(&history, true), vec![], "settled 4 s after the faults stopped, within 5 s");
+        // A send stuck forever (a lost resend after reconnect): never settles.
+        let mut history = good();
+        history.heal = heal(None);
+        history.unfinished.push(SendRecord {
+            observer: observer("alice", "phone"),
+            conversation: conversation(),
+            client_seq: 0,
+            body: "stuck".into(),
+            outcome: SendOutcome::Unknown,
+        });
+        assert_eq!(
+            liveness(&history),
+            vec![Violation::NotSettled { waited_ms: 5_000, bound_ms: 5_000, unfinished_sends: 1 }]
+        );
+        // Settled, but too late.
+        let mut history = good();
+        history.heal = heal(Some(16_000));
+        assert!(check(&history, true).iter().any(|v| matches!(v, Violation::NotSettled { waited_ms: 6_000, .. })));
     }
 
     #[test]

@@ -1,16 +1,23 @@
 //! The simulated NodeEnv: turmoil's clock and network, every RNG from the run's seed, LMDB in
-//! a per-host directory on tmpfs with no fsync and an inline writer (no thread).
+//! a per-host directory on tmpfs with no fsync and an inline writer (no thread); and
+//! [`SimCluster`], which lays out a cluster's files and adds its nodes as turmoil hosts that
+//! survive crashes and restarts.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
 use natter_node::env::{Clock, Entropy, NetworkEnv, NodeEnv};
+use natter_node::NodeHandle;
+use natter_raft::types::Runtime;
 use natter_raft::{Durability, WriterMode};
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 
 use crate::net::TurmoilUdp;
 
@@ -64,6 +71,23 @@ impl NetworkEnv for SimNetwork {
     }
 }
 
+/// Endpoints for a simulated `natter-client`: a turmoil UDP socket on an ephemeral port of the
+/// client's host and a [`quinn::EndpointConfig`] seeded from `seed` and the number of endpoints
+/// made before, so every reconnect gets fresh, reproducible connection ids and reset keys.
+pub fn client_endpoints(seed: u64) -> natter_client::client::EndpointFactory {
+    let made = Arc::new(AtomicU64::new(0));
+    natter_client::client::EndpointFactory::new(move || {
+        let number = made.fetch_add(1, Ordering::SeqCst);
+        let entropy = Entropy::from_seed(seed.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(number));
+        let config = SimNetwork.endpoint_config(&entropy);
+        let bind = SimNetwork.bind_udp(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
+        Box::pin(async move {
+            let socket = bind.await?;
+            quinn::Endpoint::new_with_abstract_socket(config, None, socket, SimNetwork.runtime())
+        })
+    })
+}
+
 /// A simulated node's environment.
 pub fn sim_env(seed: u64, data_dir: PathBuf) -> NodeEnv {
     NodeEnv {
@@ -75,5 +99,141 @@ pub fn sim_env(seed: u64, data_dir: PathBuf) -> NodeEnv {
         data_dir,
         http: false,
         storage_faults: None,
+    }
+}
+
+/// Port every simulated node listens on, for peers and clients alike.
+pub const PEER_PORT: u16 = 7401;
+
+/// The turmoil host name of node `id`.
+pub fn node_name(id: u64) -> String {
+    format!("node{id}")
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh scratch directory for one run: on tmpfs where there is one (DESIGN §8), unique per
+/// process and run so parallel tests never share LMDB files.
+pub fn scratch_dir(seed: u64) -> PathBuf {
+    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    base.join(format!("natter-sim-{}-{seed}-{run}", std::process::id()))
+}
+
+/// A simulated cluster's layout: its scratch directory (certificates, one data directory per
+/// node), node ids and shards. [`SimCluster::add_hosts`] makes each node a turmoil host.
+#[derive(Debug, Clone)]
+pub struct SimCluster {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Node ids, 1..=N.
+    pub ids: Vec<u64>,
+    /// Shards.
+    pub shards: u32,
+    /// The scratch directory; [`SimCluster::remove`] deletes it.
+    pub dir: PathBuf,
+    /// The JWT secret nodes verify client tokens with; `None` refuses clients.
+    pub jwt_secret: Option<String>,
+}
+
+/// One start of a node host: its first boot, or a restart after a crash or bounce.
+pub struct NodeStart {
+    /// The node.
+    pub id: u64,
+    /// 0 for the first boot, then one more per restart.
+    pub incarnation: u64,
+    /// The running node; dropping it (as a crash does) stops nothing by itself, the host's
+    /// runtime going away does.
+    pub node: NodeHandle,
+}
+
+impl SimCluster {
+    /// Lays out `nodes` nodes with `shards` shards: a scratch directory with the cluster's CA
+    /// and node certificates, drawn from `seed`.
+    pub fn create(seed: u64, nodes: u64, shards: u32, jwt_secret: Option<String>) -> anyhow::Result<Self> {
+        let dir = scratch_dir(seed);
+        let ids: Vec<u64> = (1..=nodes).collect();
+        natter_node::tls::write_cluster_certs(&dir.join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(seed))?;
+        Ok(Self { seed, ids, shards, dir, jwt_secret })
+    }
+
+    /// The cluster CA certificate (PEM), which clients trust.
+    pub fn ca_pem(&self) -> io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join("tls/ca.pem"))
+    }
+
+    /// Seed of node `id`'s host in its `incarnation`. A restart draws new seeds (election
+    /// timeouts, connection ids) as a restarted process would; incarnation 0 keeps the seed
+    /// the smoke run has always used.
+    pub fn host_seed(&self, id: u64, incarnation: u64) -> u64 {
+        self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id).wrapping_add(incarnation << 32)
+    }
+
+    /// Node `id`'s configuration. Must be called inside the simulation (it resolves host
+    /// names).
+    pub fn node_config(&self, id: u64) -> Config {
+        let nodes = self
+            .ids
+            .iter()
+            .map(|&other| NodeAddress {
+                id: other,
+                peer_addr: SocketAddr::new(turmoil::lookup(node_name(other)), PEER_PORT),
+                http_addr: "127.0.0.1:0".parse().expect("valid"),
+            })
+            .collect();
+        Config {
+            node_id: id,
+            data_dir: self.dir.join(node_name(id)),
+            nodes,
+            shards: self.shards,
+            tls: TlsFiles {
+                ca_cert: self.dir.join("tls/ca.pem"),
+                cert: self.dir.join(format!("tls/node-{id}.pem")),
+                key: self.dir.join(format!("tls/node-{id}.key")),
+            },
+            raft: RaftTimings::default(),
+            proposal_timeout_ms: 10_000,
+            rpc_timeout_ms: 2_000,
+            jwt_secret: self.jwt_secret.clone(),
+        }
+    }
+
+    /// Adds every node as a turmoil host named [`node_name`]: each start (first boot, and each
+    /// restart after `sim.crash` + `sim.bounce` or a plain `sim.bounce`) runs the real
+    /// `run_node` on the node's data directory inside a seed scope, then `serve`, which must
+    /// keep the node (and so the host) running.
+    ///
+    /// Crashes are safe: turmoil drops the host's runtime and with it every task of the node,
+    /// so the node's LMDB `Env` is closed before the restart opens it again (heed refuses a
+    /// second open in one process). Committed transactions survive, as after a process crash.
+    pub fn add_hosts<F, Fut>(&self, sim: &mut turmoil::Sim<'_>, serve: F)
+    where
+        F: Fn(NodeStart) -> Fut + Clone + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + 'static,
+    {
+        for &id in &self.ids {
+            let (cluster, serve) = (self.clone(), serve.clone());
+            let starts = Arc::new(AtomicU64::new(0));
+            sim.host(node_name(id), move || {
+                let (cluster, serve) = (cluster.clone(), serve.clone());
+                let incarnation = starts.fetch_add(1, Ordering::SeqCst);
+                let host_seed = cluster.host_seed(id, incarnation);
+                async move {
+                    let result = Runtime::scope(host_seed, async move {
+                        let config = cluster.node_config(id);
+                        let env = sim_env(host_seed, config.data_dir.clone());
+                        let node = natter_node::run_node(config, env).await?;
+                        serve(NodeStart { id, incarnation, node }).await
+                    })
+                    .await;
+                    result.map_err(|error| error.to_string().into())
+                }
+            });
+        }
+    }
+
+    /// Deletes the scratch directory.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

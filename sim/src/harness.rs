@@ -1,1 +1,410 @@
-//! The simulation harness: real nodes and natter-client clients as turmoil hosts, a workload, a nemesis, and the checkers (being built).
+//! The simulation harness: real nodes as turmoil hosts, real `natter-client`s as turmoil
+//! clients, a nemesis injecting faults, and the checkers judging what the clients saw.
+//!
+//! A run ([`run`]) goes through four phases, all in simulated time:
+//!
+//! 1. **Setup**: every device connects, then each conversation's creator creates it; sending
+//!    starts once every device knows all its conversations (bounded by
+//!    [`RunConfig::setup_bound`]).
+//! 2. **Workload** for [`RunConfig::run_duration`] (or until [`RunConfig::sends_max`] sends):
+//!    devices send, read history and reconnect at random ([`crate::workload`]), while the
+//!    [`Nemesis`] is ticked before every simulation step.
+//! 3. **Heal**: the nemesis stops and repairs everything ([`Nemesis::heal`]); the run waits
+//!    until every send has its answer and every device has caught up. Not settling within
+//!    [`RunConfig::heal_bound`] is a liveness violation ([`Violation::NotSettled`]).
+//! 4. **Judge**: [`check::check`] over the history, with completeness.
+//!
+//! A run is a function of its seed and configuration: [`RunOutcome::trace_hash`] hashes every
+//! recorded event with its simulated time, and the same seed gives the same hash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::check::{self, HealPhase, SendOutcome, Violation};
+use crate::env::{node_name, NodeStart, SimCluster};
+use crate::workload::{self, device_host, DeviceContext, Plan, SharedState};
+
+/// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
+/// simulation step of the setup and workload phases, then [`Nemesis::heal`] once.
+pub trait Nemesis {
+    /// Applies whatever is due at `elapsed` (simulated time since the run began). Node hosts
+    /// are named by [`node_name`] (`node1` … `nodeN`).
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
+    /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
+}
+
+/// No faults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFaults;
+
+impl Nemesis for NoFaults {
+    fn tick(&mut self, _sim: &mut turmoil::Sim<'_>, _elapsed: Duration) {}
+    fn heal(&mut self, _sim: &mut turmoil::Sim<'_>) {}
+}
+
+/// Crashes node `node` at `at` and restarts it `down_for` later (or at heal, if that comes
+/// first). The crash is a process crash: the host's tasks vanish mid-flight, its LMDB keeps
+/// what was committed, and the restart runs `run_node` again on the same data directory.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashRestart {
+    /// When to crash it (simulated time since the run began).
+    pub at: Duration,
+    /// The node.
+    pub node: u64,
+    /// How long it stays down.
+    pub down_for: Duration,
+    crashed: bool,
+    restarted: bool,
+}
+
+impl CrashRestart {
+    /// Crashes `node` at `at` for `down_for`.
+    pub fn new(at: Duration, node: u64, down_for: Duration) -> Self {
+        Self { at, node, down_for, crashed: false, restarted: false }
+    }
+
+    /// True once the node was crashed and started again.
+    pub fn done(&self) -> bool {
+        self.crashed && self.restarted
+    }
+}
+
+impl Nemesis for CrashRestart {
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration) {
+        if !self.crashed && elapsed >= self.at {
+            sim.crash(node_name(self.node));
+            self.crashed = true;
+        }
+        if self.crashed && !self.restarted && elapsed >= self.at + self.down_for {
+            sim.bounce(node_name(self.node));
+            self.restarted = true;
+        }
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
+        if self.crashed && !self.restarted {
+            sim.bounce(node_name(self.node));
+            self.restarted = true;
+        }
+    }
+}
+
+/// How a run is shaped.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// Shards.
+    pub shards: u32,
+    /// Users.
+    pub users: usize,
+    /// Fewest devices a user has.
+    pub devices_per_user_min: usize,
+    /// Most devices a user has.
+    pub devices_per_user_max: usize,
+    /// Conversations, created before the workload.
+    pub conversations: usize,
+    /// Fewest members of a conversation (2 or more; a pair without a title is a 1:1).
+    pub group_size_min: usize,
+    /// Most members of a conversation.
+    pub group_size_max: usize,
+    /// Mean operations (sends, reads, reconnects) per device per simulated second.
+    pub sends_per_device_per_second: f64,
+    /// Most sends in the whole run; the workload stops early when they are used up.
+    pub sends_max: usize,
+    /// Share of operations that are history reads (0..1).
+    pub history_read_share: f64,
+    /// Share of operations that are client reconnects (0..1).
+    pub reconnect_share: f64,
+    /// How long the workload runs, simulated time from when sending starts.
+    pub run_duration: Duration,
+    /// Longest the setup (connects and creates) may take, simulated time.
+    pub setup_bound: Duration,
+    /// Longest the heal phase may take before a liveness violation, simulated time.
+    pub heal_bound: Duration,
+    /// How long a client waits for a send's answer before calling it unknown.
+    pub request_timeout: Duration,
+    /// turmoil's UDP queue per host, in datagrams (its default of 64 drops silently).
+    pub udp_capacity: usize,
+    /// Simulated time per simulation step (every host runs this much per step).
+    pub tick: Duration,
+}
+
+impl Default for RunConfig {
+    /// The steady-state shape: 3 nodes, 8 shards, 6 users with 1-2 devices, 5 conversations,
+    /// about 2 sends per device per second for 20 s.
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            shards: 8,
+            users: 6,
+            devices_per_user_min: 1,
+            devices_per_user_max: 2,
+            conversations: 5,
+            group_size_min: 2,
+            group_size_max: 4,
+            sends_per_device_per_second: 2.0,
+            sends_max: 400,
+            history_read_share: 0.05,
+            reconnect_share: 0.02,
+            run_duration: Duration::from_secs(20),
+            setup_bound: Duration::from_secs(30),
+            heal_bound: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
+            udp_capacity: 1 << 16,
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// Broken guarantees; empty when the run passed.
+    pub violations: Vec<Violation>,
+    /// Why the run could not complete (a host failed, setup took too long), if it did not.
+    pub failure: Option<String>,
+    /// Devices in the run.
+    pub devices: usize,
+    /// Sends invoked.
+    pub sent: usize,
+    /// Sends acknowledged.
+    pub acknowledged: usize,
+    /// Sends refused with an error code.
+    pub refused: usize,
+    /// Sends with an unknown outcome (timeouts, client errors, never answered).
+    pub unknown: usize,
+    /// Messages handed to devices, summed over devices.
+    pub delivered: usize,
+    /// History reads done.
+    pub reads: usize,
+    /// Client reconnects asked for.
+    pub reconnects: usize,
+    /// How long the heal phase took to settle, if it did.
+    pub settled_after: Option<Duration>,
+    /// Simulated time of the whole run.
+    pub simulated: Duration,
+    /// Wall time of the whole run.
+    pub wall: Duration,
+    /// SHA-256 (hex) of the trace: every recorded event with its simulated time, in order.
+    pub trace_hash: String,
+    /// The trace lines.
+    pub trace: Vec<String>,
+}
+
+impl RunOutcome {
+    /// True when the run completed without violations.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none() && self.violations.is_empty()
+    }
+}
+
+/// The JWT secret of simulated clusters (not secret: nothing outside the simulation sees it).
+const JWT_SECRET: &str = "natter-sim-jwt-secret-of-at-least-32-bytes";
+/// How long the devices get to return after the heal phase.
+const FINISH_BOUND: Duration = Duration::from_secs(5);
+/// How often the heal phase checks whether everything settled.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+/// Runs one seed on a fresh thread whose OS entropy comes from the seed (see
+/// [`crate::entropy`]), and gives the nemesis back with the outcome.
+pub fn run_seeded<N: Nemesis + Send + 'static>(seed: u64, config: &RunConfig, mut nemesis: N) -> (RunOutcome, N) {
+    let config = config.clone();
+    crate::entropy::on_seeded_thread(seed, move || {
+        let outcome = run(seed, &config, &mut nemesis);
+        (outcome, nemesis)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Workload,
+    Heal,
+    Finish,
+}
+
+/// Runs one seed on the calling thread. For a reproducible run the thread must be fresh and
+/// its OS entropy seeded ([`crate::entropy::on_seeded_thread`], as [`run_seeded`] does):
+/// std's `HashMap` keys and `rand`'s thread RNG are drawn once per thread.
+pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutcome {
+    // The wall clock measures the harness, never reaches the simulation.
+    let wall_started = std::time::Instant::now();
+    let plan = Arc::new(Plan::draw(seed, config));
+    let shared = SharedState::default();
+    let mut failure = None;
+    let cluster = match SimCluster::create(seed, config.nodes, config.shards, Some(JWT_SECRET.into())) {
+        Ok(cluster) => cluster,
+        Err(error) => return empty_outcome(seed, format!("cannot lay out the cluster: {error}"), wall_started),
+    };
+    let ca_pem = match cluster.ca_pem() {
+        Ok(pem) => pem,
+        Err(error) => return empty_outcome(seed, format!("cannot read the CA: {error}"), wall_started),
+    };
+    let limit = config.setup_bound + config.run_duration + config.heal_bound + FINISH_BOUND * 2;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(limit)
+        .tick_duration(config.tick)
+        // turmoil drops datagrams beyond this queue depth silently; QUIC bursts need room.
+        .udp_capacity(config.udp_capacity)
+        .build();
+    cluster.add_hosts(&mut sim, |start: NodeStart| async move {
+        // Keep serving until the simulation ends or the host crashes.
+        std::future::pending::<()>().await;
+        drop(start);
+        Ok(())
+    });
+    for index in 0..plan.devices.len() {
+        let context = DeviceContext {
+            seed,
+            config: config.clone(),
+            plan: plan.clone(),
+            ca_pem: ca_pem.clone(),
+            jwt_secret: JWT_SECRET.into(),
+            shared: shared.clone(),
+        };
+        sim.client(device_host(index), workload::device(index, context));
+    }
+
+    let mut phase = Phase::Setup;
+    let mut heal_started = Duration::ZERO;
+    let mut next_settle_check = Duration::ZERO;
+    let mut finish_by = Duration::MAX;
+    let mut heal = None;
+    loop {
+        let elapsed = sim.elapsed();
+        match phase {
+            Phase::Setup | Phase::Workload => nemesis.tick(&mut sim, elapsed),
+            Phase::Heal | Phase::Finish => {}
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => {
+                failure = Some(format!("simulation failed at {elapsed:?}: {error}"));
+                break;
+            }
+        }
+        let elapsed = sim.elapsed();
+        match phase {
+            Phase::Setup => {
+                let started = shared.lock().workload_started_ms;
+                if started.is_some() {
+                    phase = Phase::Workload;
+                    shared.lock().trace.push(format!("{} workload", elapsed.as_millis()));
+                } else if elapsed > config.setup_bound {
+                    failure = Some(format!("setup did not finish within {:?}", config.setup_bound));
+                    break;
+                }
+            }
+            Phase::Workload => {
+                let mut state = shared.lock();
+                let started = Duration::from_millis(state.workload_started_ms.unwrap_or_default());
+                if elapsed >= started + config.run_duration {
+                    state.stop_sending = true;
+                }
+                if state.stopped == plan.devices.len() {
+                    drop(state);
+                    nemesis.heal(&mut sim);
+                    phase = Phase::Heal;
+                    heal_started = elapsed;
+                    next_settle_check = elapsed;
+                    shared.lock().trace.push(format!("{} heal", elapsed.as_millis()));
+                }
+            }
+            Phase::Heal => {
+                if elapsed >= next_settle_check {
+                    next_settle_check = elapsed + SETTLE_POLL;
+                    let mut state = shared.lock();
+                    let settled = state.pending.is_empty() && check::caught_up(&state.history);
+                    let waited = elapsed - heal_started;
+                    if settled || waited > config.heal_bound {
+                        heal = Some(HealPhase {
+                            started_ms: heal_started.as_millis() as u64,
+                            bound_ms: config.heal_bound.as_millis() as u64,
+                            settled_ms: settled.then_some(elapsed.as_millis() as u64),
+                        });
+                        let unfinished: Vec<_> = state.pending.values().cloned().collect();
+                        state.history.unfinished = unfinished;
+                        state.finish = true;
+                        state.trace.push(format!("{} settled={settled}", elapsed.as_millis()));
+                        phase = Phase::Finish;
+                        finish_by = elapsed + FINISH_BOUND;
+                    }
+                }
+            }
+            Phase::Finish => {
+                if elapsed > finish_by {
+                    failure = Some("devices did not return after the run".into());
+                    break;
+                }
+            }
+        }
+    }
+    let simulated = sim.elapsed();
+    drop(sim);
+    cluster.remove();
+
+    let mut state = shared.lock();
+    state.history.heal = heal;
+    let history = &state.history;
+    let violations = if failure.is_some() && heal.is_none() { Vec::new() } else { check::check(history, true) };
+    let count = |wanted: fn(&SendOutcome) -> bool| history.sends.iter().filter(|send| wanted(&send.outcome)).count();
+    let acknowledged = count(|outcome| matches!(outcome, SendOutcome::Acknowledged(_)));
+    let refused = count(|outcome| matches!(outcome, SendOutcome::Refused(_)));
+    let unknown = count(|outcome| matches!(outcome, SendOutcome::Unknown)) + history.unfinished.len();
+    let delivered = history.deliveries.values().map(Vec::len).sum();
+    let mut hasher = Sha256::new();
+    for line in &state.trace {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    let trace_hash = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    RunOutcome {
+        seed,
+        violations,
+        failure,
+        devices: plan.devices.len(),
+        sent: state.sends_invoked,
+        acknowledged,
+        refused,
+        unknown,
+        delivered,
+        reads: state.reads,
+        reconnects: state.reconnects,
+        settled_after: heal.and_then(|heal| {
+            heal.settled_ms.map(|settled| Duration::from_millis(settled.saturating_sub(heal.started_ms)))
+        }),
+        simulated,
+        wall: wall_started.elapsed(),
+        trace_hash,
+        trace: std::mem::take(&mut state.trace),
+    }
+}
+
+fn empty_outcome(seed: u64, failure: String, wall_started: std::time::Instant) -> RunOutcome {
+    RunOutcome {
+        seed,
+        violations: Vec::new(),
+        failure: Some(failure),
+        devices: 0,
+        sent: 0,
+        acknowledged: 0,
+        refused: 0,
+        unknown: 0,
+        delivered: 0,
+        reads: 0,
+        reconnects: 0,
+        settled_after: None,
+        simulated: Duration::ZERO,
+        wall: wall_started.elapsed(),
+        trace_hash: String::new(),
+        trace: Vec::new(),
+    }
+}

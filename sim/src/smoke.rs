@@ -6,26 +6,19 @@
 //! produce the same trace, bit for bit.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natter_node::config::{Config, NodeAddress, RaftTimings, TlsFiles};
 use natter_proto::{ConversationId, UserId};
 use natter_raft::command::Command;
 use natter_raft::placement::{shard_of_conversation, ShardId};
 use natter_raft::query::{Query, QueryResult};
-use natter_raft::types::Runtime;
 use openraft::async_runtime::watch::WatchReceiver;
-use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
-use crate::env::sim_env;
-
-/// Port every simulated node listens on for peers.
-pub const PEER_PORT: u16 = 7401;
+pub use crate::env::PEER_PORT;
+use crate::env::{NodeStart, SimCluster};
 
 /// How a smoke run is set up.
 #[derive(Debug, Clone)]
@@ -75,18 +68,6 @@ type ConversationReads = (QueryResult, QueryResult, QueryResult);
 /// The leader each (node, shard) last saw.
 pub type LeaderView = BTreeMap<(u64, u32), Option<u64>>;
 
-static RUNS: AtomicU64 = AtomicU64::new(0);
-
-fn scratch_dir(seed: u64) -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let run = RUNS.fetch_add(1, Ordering::Relaxed);
-    base.join(format!("natter-sim-{}-{seed}-{run}", std::process::id()))
-}
-
-fn node_name(id: u64) -> String {
-    format!("node{id}")
-}
-
 /// Runs the smoke scenario on a fresh thread whose OS entropy is seeded from the run's seed.
 pub fn run(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let config = config.clone();
@@ -106,9 +87,8 @@ pub fn run(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
 }
 
 fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
-    let dir = scratch_dir(config.seed);
-    let ids: Vec<u64> = (1..=config.nodes).collect();
-    natter_node::tls::write_cluster_certs(&dir.join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(config.seed))?;
+    let cluster = SimCluster::create(config.seed, config.nodes, config.shards, None)?;
+    let ids = cluster.ids.clone();
 
     let trace: Arc<Mutex<Vec<String>>> = Arc::default();
     let leaders: Arc<Mutex<LeaderView>> = Arc::default();
@@ -128,111 +108,81 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
         .udp_capacity(1 << 16)
         .build();
 
-    for &id in &ids {
+    let (node_count, shards, conversation_reads) = (ids.len(), config.shards, config.conversation_reads);
+    let serve = {
         let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
         let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
-        let (written, history_reads, conversation_reads) =
-            (written.clone(), history_reads.clone(), config.conversation_reads);
-        let (ids, dir, shards, seed) = (ids.clone(), dir.clone(), config.shards, config.seed);
-        sim.host(node_name(id), move || {
+        let (written, history_reads) = (written.clone(), history_reads.clone());
+        move |start: NodeStart| {
             let (trace, leaders, probes, finished) = (trace.clone(), leaders.clone(), probes.clone(), finished.clone());
             let (read_done, probe_index, read_applied) = (read_done.clone(), probe_index.clone(), read_applied.clone());
             let (written, history_reads) = (written.clone(), history_reads.clone());
-            let (ids, dir) = (ids.clone(), dir.clone());
-            let host_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id);
             async move {
-                let result = Runtime::scope(host_seed, async move {
-                    let nodes: Vec<NodeAddress> = ids
-                        .iter()
-                        .map(|&other| NodeAddress {
-                            id: other,
-                            peer_addr: SocketAddr::new(turmoil::lookup(node_name(other)), PEER_PORT),
-                            http_addr: "127.0.0.1:0".parse().expect("valid"),
-                        })
-                        .collect();
-                    let node_config = Config {
-                        node_id: id,
-                        data_dir: dir.join(node_name(id)),
-                        nodes,
-                        shards,
-                        tls: TlsFiles {
-                            ca_cert: dir.join("tls/ca.pem"),
-                            cert: dir.join(format!("tls/node-{id}.pem")),
-                            key: dir.join(format!("tls/node-{id}.key")),
-                        },
-                        raft: RaftTimings::default(),
-                        proposal_timeout_ms: 10_000,
-                        rpc_timeout_ms: 2_000,
-                        jwt_secret: None,
-                    };
-                    let env = sim_env(host_seed, node_config.data_dir.clone());
-                    let node = natter_node::run_node(node_config, env).await?;
-                    let cluster = node.cluster().clone();
-                    for (shard, raft) in cluster.groups() {
-                        let (shard, mut metrics, trace, leaders) =
-                            (*shard, raft.metrics(), trace.clone(), leaders.clone());
-                        natter_node::spawn(async move {
-                            let mut last = None;
-                            loop {
-                                let seen = {
-                                    let metrics = metrics.borrow_watched();
-                                    (metrics.current_leader, metrics.last_applied.map_or(0, |id| id.index))
-                                };
-                                if last != Some(seen) {
-                                    let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
-                                    trace
-                                        .lock()
-                                        .expect("trace")
-                                        .push(format!("{at} node{id} {shard} leader={:?} applied={}", seen.0, seen.1));
-                                    leaders.lock().expect("leaders").insert((id, shard.0), seen.0);
-                                    last = Some(seen);
-                                }
-                                if metrics.changed().await.is_err() {
-                                    break;
-                                }
+                let NodeStart { id, node, .. } = start;
+                let cluster = node.cluster().clone();
+                for (shard, raft) in cluster.groups() {
+                    let (shard, mut metrics, trace, leaders) = (*shard, raft.metrics(), trace.clone(), leaders.clone());
+                    natter_node::spawn(async move {
+                        let mut last = None;
+                        loop {
+                            let seen = {
+                                let metrics = metrics.borrow_watched();
+                                (metrics.current_leader, metrics.last_applied.map_or(0, |id| id.index))
+                            };
+                            if last != Some(seen) {
+                                let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                                trace
+                                    .lock()
+                                    .expect("trace")
+                                    .push(format!("{at} node{id} {shard} leader={:?} applied={}", seen.0, seen.1));
+                                leaders.lock().expect("leaders").insert((id, shard.0), seen.0);
+                                last = Some(seen);
                             }
-                        });
-                    }
-                    while !cluster.is_ready() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    for shard in (0..shards).map(ShardId) {
-                        let nonce = id * 1_000_000 + u64::from(shard.0);
-                        let response = cluster.propose(shard, Command::Probe { nonce }).await?;
-                        let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
-                        trace.lock().expect("trace").push(format!("{at} node{id} probe {shard} -> {response:?}"));
-                        *probes.lock().expect("probes").entry(id).or_default() += 1;
-                        if let natter_raft::Response::Probed { index } = response {
-                            let mut highest = probe_index.lock().expect("probe index");
-                            let entry = highest.entry(shard.0).or_default();
-                            *entry = (*entry).max(index);
+                            if metrics.changed().await.is_err() {
+                                break;
+                            }
                         }
+                    });
+                }
+                while !cluster.is_ready() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                for shard in (0..shards).map(ShardId) {
+                    let nonce = id * 1_000_000 + u64::from(shard.0);
+                    let response = cluster.propose(shard, Command::Probe { nonce }).await?;
+                    let at = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                    trace.lock().expect("trace").push(format!("{at} node{id} probe {shard} -> {response:?}"));
+                    *probes.lock().expect("probes").entry(id).or_default() += 1;
+                    if let natter_raft::Response::Probed { index } = response {
+                        let mut highest = probe_index.lock().expect("probe index");
+                        let entry = highest.entry(shard.0).or_default();
+                        *entry = (*entry).max(index);
                     }
-                    finished.fetch_add(1, Ordering::SeqCst);
-                    // Once every node's probes committed, a linearizable read on any replica
-                    // must see all of them applied locally, followers included.
-                    while finished.load(Ordering::SeqCst) < ids.len() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    for (shard, raft) in cluster.groups() {
-                        cluster.linearizable_read(*shard).await?;
-                        let applied = raft.metrics().borrow_watched().last_applied.map_or(0, |id| id.index);
-                        read_applied.lock().expect("reads").insert((id, shard.0), applied);
-                    }
-                    if conversation_reads {
-                        let result = conversation_phase(&cluster, id, shards, &written).await?;
-                        history_reads.lock().expect("history").insert(id, result);
-                    }
-                    read_done.fetch_add(1, Ordering::SeqCst);
-                    // Keep serving peers until the simulation ends.
-                    std::future::pending::<()>().await;
-                    Ok::<(), anyhow::Error>(())
-                })
-                .await;
-                result.map_err(|error| error.to_string().into())
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                // Once every node's probes committed, a linearizable read on any replica
+                // must see all of them applied locally, followers included.
+                while finished.load(Ordering::SeqCst) < node_count {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                for (shard, raft) in cluster.groups() {
+                    cluster.linearizable_read(*shard).await?;
+                    let applied = raft.metrics().borrow_watched().last_applied.map_or(0, |id| id.index);
+                    read_applied.lock().expect("reads").insert((id, shard.0), applied);
+                }
+                if conversation_reads {
+                    let result = conversation_phase(&cluster, id, shards, &written).await?;
+                    history_reads.lock().expect("history").insert(id, result);
+                }
+                read_done.fetch_add(1, Ordering::SeqCst);
+                // Keep serving peers until the simulation ends.
+                std::future::pending::<()>().await;
+                drop(node);
+                Ok(())
             }
-        });
-    }
+        }
+    };
+    cluster.add_hosts(&mut sim, serve);
 
     let node_count = ids.len();
     let done = read_done.clone();
@@ -245,7 +195,7 @@ fn run_here(config: &SmokeConfig) -> anyhow::Result<SmokeOutcome> {
     let result = sim.run();
     let simulated = sim.elapsed();
     drop(sim);
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.remove();
     result.map_err(|error| anyhow::anyhow!("simulation failed: {error}"))?;
 
     let trace = trace.lock().expect("trace").clone();
