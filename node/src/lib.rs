@@ -51,6 +51,16 @@ pub struct NodeHandle {
     http_addr: Option<SocketAddr>,
     stop_http: Option<tokio::sync::oneshot::Sender<()>>,
     http_task: Option<tokio::task::JoinHandle<()>>,
+    transport: Arc<transport::Transport>,
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        // The client edge holds the cluster, which holds the transport, which holds the edge:
+        // without this the cycle outlives a crashed node (its socket and LMDB Env with it), and
+        // the node cannot start again in the same process.
+        self.transport.stop_serving_clients();
+    }
 }
 
 impl NodeHandle {
@@ -118,5 +128,5 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
         http_task = Some(task);
     }
     tracing::info!(node = cluster.config().node_id, %peer_addr, ?http_addr, "node started");
-    Ok(NodeHandle { cluster, peer_addr, http_addr, stop_http, http_task })
+    Ok(NodeHandle { cluster, peer_addr, http_addr, stop_http, http_task, transport })
 }

@@ -256,6 +256,11 @@ impl Transport {
         *self.clients.lock().expect("clients lock") = Some(handler);
     }
 
+    /// Stops routing client connections (drops the handler, which holds the cluster).
+    pub fn stop_serving_clients(&self) {
+        *self.clients.lock().expect("clients lock") = None;
+    }
+
     /// Accepts connections until the endpoint closes: peers' RPCs go to `handler`, client
     /// sessions to the [`ClientHandler`].
     pub fn serve(self: &Arc<Self>, handler: Arc<dyn PeerHandler>) {
