@@ -16,12 +16,15 @@ thread_local! {
     static SEEDED: RefCell<Option<StdRng>> = const { RefCell::new(None) };
 }
 
-/// Runs `work` on a new thread whose OS entropy comes from `seed`, and returns its result.
+/// Runs `work` on a new thread whose OS entropy comes from `seed` and whose OS clocks are
+/// virtual ([`crate::clock`]), and returns its result.
 pub fn on_seeded_thread<R: Send + 'static>(seed: u64, work: impl FnOnce() -> R + Send + 'static) -> R {
     std::thread::Builder::new()
         .name(format!("natter-sim-{seed}"))
         .spawn(move || {
             SEEDED.with(|cell| *cell.borrow_mut() = Some(StdRng::seed_from_u64(seed ^ 0x5eed_0f0e_5eed)));
+            // The OS clocks, too, come from the run alone (see `crate::clock`).
+            crate::clock::start_virtual_clock();
             work()
         })
         .expect("spawn simulation thread")

@@ -19,6 +19,7 @@ use natter_raft::types::Runtime;
 use natter_raft::{Durability, WriterMode};
 use rand::{RngCore, SeedableRng};
 
+use crate::faults::{NodeFaults, SimFaults, SkewedClock};
 use crate::net::TurmoilUdp;
 
 /// Simulated wall time starts here (2025-11-28T00:00:00Z) so timestamps look real.
@@ -90,15 +91,26 @@ pub fn client_endpoints(seed: u64) -> natter_client::client::EndpointFactory {
 
 /// A simulated node's environment.
 pub fn sim_env(seed: u64, data_dir: PathBuf) -> NodeEnv {
+    sim_env_with_faults(seed, data_dir, None)
+}
+
+/// A simulated node's environment whose clock and storage follow the nemesis's `faults` for
+/// this node (see [`crate::faults`]), or no faults.
+pub fn sim_env_with_faults(seed: u64, data_dir: PathBuf, faults: Option<Arc<NodeFaults>>) -> NodeEnv {
+    let clock: Arc<dyn Clock> = match &faults {
+        Some(faults) => Arc::new(SkewedClock::new(faults.clone())),
+        None => Arc::new(SimClock),
+    };
+    let storage_faults = faults.map(|faults| faults as Arc<dyn natter_raft::StorageFaults>);
     NodeEnv {
-        clock: Arc::new(SimClock),
+        clock,
         entropy: Arc::new(Entropy::from_seed(seed)),
         network: Arc::new(SimNetwork),
         writer: WriterMode::Inline,
         durability: Durability::NoSync,
         data_dir,
         http: false,
-        storage_faults: None,
+        storage_faults,
     }
 }
 
@@ -134,6 +146,8 @@ pub struct SimCluster {
     pub dir: PathBuf,
     /// The JWT secret nodes verify client tokens with; `None` refuses clients.
     pub jwt_secret: Option<String>,
+    /// The nemesis's hooks into nodes' clocks and storage; `None`: neither is faulted.
+    pub faults: Option<Arc<SimFaults>>,
 }
 
 /// One start of a node host: its first boot, or a restart after a crash or bounce.
@@ -154,7 +168,13 @@ impl SimCluster {
         let dir = scratch_dir(seed);
         let ids: Vec<u64> = (1..=nodes).collect();
         natter_node::tls::write_cluster_certs(&dir.join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(seed))?;
-        Ok(Self { seed, ids, shards, dir, jwt_secret })
+        Ok(Self { seed, ids, shards, dir, jwt_secret, faults: None })
+    }
+
+    /// Nodes built from now on follow `faults` (clock skew, storage faults).
+    pub fn with_faults(mut self, faults: Option<Arc<SimFaults>>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The cluster CA certificate (PEM), which clients trust.
@@ -221,7 +241,8 @@ impl SimCluster {
                 async move {
                     let result = Runtime::scope(host_seed, async move {
                         let config = cluster.node_config(id);
-                        let env = sim_env(host_seed, config.data_dir.clone());
+                        let faults = cluster.faults.as_ref().map(|faults| faults.node(id));
+                        let env = sim_env_with_faults(host_seed, config.data_dir.clone(), faults);
                         let node = natter_node::run_node(config, env).await?;
                         serve(NodeStart { id, incarnation, node }).await
                     })

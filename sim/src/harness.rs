@@ -22,14 +22,17 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use natter_raft::canary::Canary;
+
 use crate::check::{self, HealPhase, SendOutcome, Violation};
 use crate::env::{node_name, NodeStart, SimCluster};
+use crate::faults::SimFaults;
 use crate::workload::{self, device_host, DeviceContext, Plan, SharedState};
 
 /// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
-/// simulation step of the setup and workload phases, then [`Nemesis::heal`] once.
+/// simulation step of the workload phase, then [`Nemesis::heal`] once.
 pub trait Nemesis {
-    /// Applies whatever is due at `elapsed` (simulated time since the run began). Node hosts
+    /// Applies whatever is due at `elapsed` (simulated time since the workload began). Node hosts
     /// are named by [`node_name`] (`node1` … `nodeN`).
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
     /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
@@ -131,6 +134,10 @@ pub struct RunConfig {
     pub udp_capacity: usize,
     /// Simulated time per simulation step (every host runs this much per step).
     pub tick: Duration,
+    /// Bugs planted on the run's thread (simulation builds only), to prove the checkers.
+    pub canaries: Vec<Canary>,
+    /// The nemesis's hooks into nodes' clocks and storage; `None`: neither is faulted.
+    pub faults: Option<Arc<SimFaults>>,
 }
 
 impl Default for RunConfig {
@@ -156,6 +163,8 @@ impl Default for RunConfig {
             request_timeout: Duration::from_secs(20),
             udp_capacity: 1 << 16,
             tick: Duration::from_millis(1),
+            canaries: Vec::new(),
+            faults: None,
         }
     }
 }
@@ -233,13 +242,15 @@ enum Phase {
 /// its OS entropy seeded ([`crate::entropy::on_seeded_thread`], as [`run_seeded`] does):
 /// std's `HashMap` keys and `rand`'s thread RNG are drawn once per thread.
 pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutcome {
-    // The wall clock measures the harness, never reaches the simulation.
-    let wall_started = std::time::Instant::now();
+    // The wall clock measures the harness, never reaches the simulation (the OS clocks of a
+    // simulation thread are virtual; this reads the kernel's).
+    let wall_started = crate::clock::real_elapsed();
+    natter_raft::canary::plant(&config.canaries);
     let plan = Arc::new(Plan::draw(seed, config));
     let shared = SharedState::default();
     let mut failure = None;
     let cluster = match SimCluster::create(seed, config.nodes, config.shards, Some(JWT_SECRET.into())) {
-        Ok(cluster) => cluster,
+        Ok(cluster) => cluster.with_faults(config.faults.clone()),
         Err(error) => return empty_outcome(seed, format!("cannot lay out the cluster: {error}"), wall_started),
     };
     let ca_pem = match cluster.ca_pem() {
@@ -278,11 +289,13 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     let mut finish_by = Duration::MAX;
     let mut heal = None;
     loop {
-        let elapsed = sim.elapsed();
-        match phase {
-            Phase::Setup | Phase::Workload => nemesis.tick(&mut sim, elapsed),
-            Phase::Heal | Phase::Finish => {}
+        if phase == Phase::Workload {
+            // Fault schedules count from the start of the workload.
+            let started = Duration::from_millis(shared.lock().workload_started_ms.unwrap_or_default());
+            let since_start = sim.elapsed().saturating_sub(started);
+            nemesis.tick(&mut sim, since_start);
         }
+        let elapsed = sim.elapsed();
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -382,13 +395,13 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
             heal.settled_ms.map(|settled| Duration::from_millis(settled.saturating_sub(heal.started_ms)))
         }),
         simulated,
-        wall: wall_started.elapsed(),
+        wall: crate::clock::real_elapsed().saturating_sub(wall_started),
         trace_hash,
         trace: std::mem::take(&mut state.trace),
     }
 }
 
-fn empty_outcome(seed: u64, failure: String, wall_started: std::time::Instant) -> RunOutcome {
+fn empty_outcome(seed: u64, failure: String, wall_started: Duration) -> RunOutcome {
     RunOutcome {
         seed,
         violations: Vec::new(),
@@ -403,7 +416,7 @@ fn empty_outcome(seed: u64, failure: String, wall_started: std::time::Instant) -
         reconnects: 0,
         settled_after: None,
         simulated: Duration::ZERO,
-        wall: wall_started.elapsed(),
+        wall: crate::clock::real_elapsed().saturating_sub(wall_started),
         trace_hash: String::new(),
         trace: Vec::new(),
     }

@@ -13,11 +13,14 @@
 compile_error!("natter-sim must be built with RUSTFLAGS=\"--cfg tokio_unstable\" (see .cargo/config.toml)");
 
 pub mod check;
+pub mod clock;
 pub mod entropy;
 pub mod env;
+pub mod faults;
 pub mod harness;
 pub mod nemesis;
 pub mod net;
 pub mod scenario;
 pub mod smoke;
+pub mod sweep;
 pub mod workload;

@@ -33,6 +33,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+pub use crate::env::node_name;
+use crate::harness::Nemesis;
 use crate::scenario::Scenario;
 
 /// Most fault intervals one schedule holds.
@@ -47,11 +49,6 @@ const SEED_SALT: u64 = u64::from_be_bytes(*b"nemesis\0");
 /// A loss fault at this rate or above counts as cutting its links when drawing decides whether
 /// a quorum stays connected: a link that drops most packets carries no Raft round trips.
 pub const LOSS_RATE_BLOCKING: f64 = 0.5;
-
-/// The turmoil host name of node `node` (`node1`..`nodeN`), as the harness registers them.
-pub fn node_name(node: u64) -> String {
-    format!("node{node}")
-}
 
 /// Which node-to-node links a network fault touches: every link between two nodes in different
 /// groups. Nodes in no group keep all their links.
@@ -699,18 +696,6 @@ impl Drawer<'_> {
     }
 }
 
-/// Something that injects faults into a running simulation. The harness calls `tick` after
-/// each simulation step and `heal` once at the end of the fault window.
-///
-/// Identical to the trait the harness defines (`crate::harness::Nemesis`); kept here until the
-/// two are merged.
-pub trait Nemesis {
-    /// Applies whatever is due at `elapsed` simulated time.
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
-    /// Ends every fault: the network whole again, every node running, clocks and disks normal.
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
-}
-
 /// The seams for faults turmoil cannot inject itself. The harness implements them over the
 /// simulated clock and the storage layer; [`NoFaultHooks`] ignores them.
 pub trait FaultHooks: Send + Sync {
@@ -754,6 +739,10 @@ pub struct ScheduledNemesis {
     hooks: Arc<dyn FaultHooks + Send + Sync>,
     baseline: LinkBaseline,
     crashed: BTreeSet<u64>,
+    /// Nodes whose storage has returned I/O errors since they last started: openraft stops a
+    /// group whose storage failed, so the node is restarted when its disk heals, as an operator
+    /// would after replacing it.
+    disk_failed: BTreeSet<u64>,
     healed: bool,
     journal: Vec<Timed>,
 }
@@ -777,6 +766,7 @@ impl ScheduledNemesis {
             hooks,
             baseline: LinkBaseline::default(),
             crashed: BTreeSet::new(),
+            disk_failed: BTreeSet::new(),
             healed: false,
             journal: Vec::new(),
         }
@@ -812,6 +802,7 @@ impl ScheduledNemesis {
             Action::Restart { node } | Action::Bounce { node } => {
                 sim.bounce(node_name(*node));
                 self.crashed.remove(node);
+                self.disk_failed.remove(node);
             }
             Action::Partition { cut, direction: Direction::TwoWay } => {
                 for (a, b) in cut.links() {
@@ -872,8 +863,18 @@ impl ScheduledNemesis {
                 }
             }
             Action::ClockRate { node, rate } => self.hooks.set_clock_rate(*node, *rate),
-            Action::Storage { node, fault } => self.hooks.set_storage_fault(*node, Some(fault.clone())),
-            Action::StorageHeal { node } => self.hooks.set_storage_fault(*node, None),
+            Action::Storage { node, fault } => {
+                if matches!(fault, StorageFault::IoErrors { .. }) {
+                    self.disk_failed.insert(*node);
+                }
+                self.hooks.set_storage_fault(*node, Some(fault.clone()));
+            }
+            Action::StorageHeal { node } => {
+                self.hooks.set_storage_fault(*node, None);
+                if self.disk_failed.remove(node) && !self.crashed.contains(node) {
+                    sim.bounce(node_name(*node));
+                }
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use natter_sim::harness::{run_seeded, NoFaults, RunConfig, RunOutcome};
+use natter_sim::harness::{run_seeded, CrashRestart, NoFaults, RunConfig, RunOutcome};
 
 fn report(name: &str, outcome: &RunOutcome) {
     println!(
@@ -81,4 +81,16 @@ fn steady_state_acknowledges_and_delivers_everything_and_replays_identically() {
     report("steady, another seed", &other);
     assert_clean(&other);
     assert_ne!(first.trace_hash, other.trace_hash, "another seed, another run");
+}
+
+#[test]
+fn a_node_crashed_and_restarted_mid_run_loses_nothing() {
+    let config = steady();
+    // Node 1 goes down 2.5 s into the workload, for 3 s.
+    let nemesis = CrashRestart::new(Duration::from_millis(2500), 1, Duration::from_secs(3));
+    let (outcome, nemesis) = run_seeded(5, &config, nemesis);
+    report("crash-restart", &outcome);
+    assert!(nemesis.done(), "node 1 was crashed and restarted during the run");
+    assert_clean(&outcome);
+    assert!(outcome.acknowledged > 0);
 }
