@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use natter_proto::limits::{HISTORY_PAGE_MAX, OUTSTANDING_SENDS_MAX};
 use natter_proto::{ClientFrame, ConversationId, ConversationSummary, ErrorCode, MessageRecord, ServerFrame, UserId};
+use natter_raft::canary::{self, Canary};
 
 use super::error::ClientError;
 use super::{ConversationInfo, Event, SendOk};
@@ -177,6 +178,13 @@ impl Core {
     /// [`ClientError::Interrupted`], because resending it could create a second group.
     pub(crate) fn handle_disconnected(&mut self) {
         self.connected = false;
+        if canary::active(Canary::CursorBackwards) {
+            // The planted bug: every cursor slips back one seq, so the next hello asks for a
+            // message again and it is handed over twice.
+            for cursor in self.queued.values_mut() {
+                *cursor = cursor.saturating_sub(1);
+            }
+        }
         self.transmit.clear();
         self.fills.clear();
         self.filling.clear();
@@ -243,24 +251,23 @@ impl Core {
             }
             ServerFrame::Conversation { id, members, title, request_id } => {
                 let info = ConversationInfo { id, members, title };
-                let joined = request_id.is_none();
+                // Created here or joined while connected: the server streams it from seq 1.
+                // Starting the cursor at 0 now (and storing it) keeps that true across a
+                // reconnect or restart before its first message, where `welcome` would
+                // otherwise start it at its newest seq and skip what came in between (found by
+                // the simulator: a creator reconnecting just as the first message committed
+                // never received it).
+                if self.receive {
+                    if let std::collections::btree_map::Entry::Vacant(entry) = self.queued.entry(id) {
+                        entry.insert(0);
+                        self.started.insert(id, 0);
+                    }
+                }
                 match request_id.and_then(|request_id| self.requests.remove_entry(&request_id)) {
                     Some((request_id, _)) => self
                         .completions
                         .push_back(Completion::Request { request_id, result: Ok(Reply::Conversation(info)) }),
-                    None => {
-                        // Joined while connected: the server streams it from seq 1. Starting
-                        // the cursor at 0 now (and storing it) keeps that true across a
-                        // reconnect or restart before its first message, where `welcome`
-                        // would otherwise start it at its newest seq.
-                        if joined && self.receive {
-                            if let std::collections::btree_map::Entry::Vacant(entry) = self.queued.entry(id) {
-                                entry.insert(0);
-                                self.started.insert(id, 0);
-                            }
-                        }
-                        self.push_event(Event::Conversation(info));
-                    }
+                    None => self.push_event(Event::Conversation(info)),
                 }
             }
             ServerFrame::Message(message) => {
@@ -745,6 +752,36 @@ mod tests {
         sender.handle_frame(ServerFrame::Message(message(42)), Instant::now());
         assert!(sender.poll_event().is_none());
         assert!(sender.resume().is_empty());
+    }
+
+    /// Found by the simulator: a device that created a conversation and reconnected just as
+    /// its first message committed resumed it "from now" and never got that message.
+    #[test]
+    fn a_created_conversation_resumes_from_seq_zero_after_a_reconnect() {
+        let mut core = connected(5, 100);
+        let now = Instant::now();
+        let created = ConversationId::from_bytes([8; 16]);
+        let request_id =
+            core.submit_request(Request::Create { members: vec![UserId::new("bob").unwrap()], title: None });
+        let _ = transmitted(&mut core);
+        core.handle_frame(
+            ServerFrame::Conversation { id: created, members: vec![], title: None, request_id: Some(request_id) },
+            now,
+        );
+        assert_eq!(core.take_started(), BTreeMap::from([(created, 0)]), "the store learns the cursor at once");
+        core.handle_disconnected();
+        assert_eq!(core.resume().get(&created), Some(&0), "hello asks for everything after 0");
+        // The welcome lists it at seq 1 (committed meanwhile); the cursor stays at 0.
+        let listed = ConversationSummary { id: created, last_seq: 1, members: vec![], title: None };
+        core.handle_welcome(&[summary(5), listed]);
+        core.handle_frame(ServerFrame::Message(MessageRecord { conversation: created, ..message(1) }), now);
+        let events: Vec<Event> = std::iter::from_fn(|| core.poll_event()).collect();
+        assert!(
+            events.iter().any(
+                |event| matches!(event, Event::Message(message) if message.conversation == created && message.seq == 1)
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]
