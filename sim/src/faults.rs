@@ -5,9 +5,9 @@
 //! [`crate::nemesis::FaultHooks`]. A node's host builds its `NodeEnv` with a [`SkewedClock`]
 //! and the node's [`NodeFaults`] as the store's `StorageFaults`, so what the nemesis sets
 //! reaches the real node code:
-//! - **Clock skew** changes what the node's `Clock` says: deadlines, interest expiry, message
-//!   timestamps, token expiry. Timers the node sleeps on (openraft's election timeouts) run on
-//!   tokio's clock, which the simulator does not skew.
+//! - **Clock skew** makes the node's wall clock drift (`Clock::wall_ms`: message timestamps,
+//!   token expiry). Its monotonic clock stays simulated time: the node's deadlines become
+//!   tokio timers, which run on simulated time for every host alike.
 //! - **Storage faults** fail a write before anything of it is written, with the fault's
 //!   probability, drawn from a per-node RNG seeded from the run's seed; or delay every write's
 //!   completion. openraft stops a group whose storage failed, so a node that saw I/O errors is
@@ -122,14 +122,17 @@ impl FaultHooks for SimFaults {
     }
 }
 
-/// A node's clock under skew: simulated time, run at the node's current rate from the moment
-/// the rate last changed. Built anew each time the node starts (a process's clocks start
-/// with it), so it never compares instants across runtimes.
+/// A node's clock under skew: its wall clock (`wall_ms`) runs at the node's current rate from
+/// the moment the rate last changed, as a drifting NTP-less clock would; its monotonic clock
+/// (`now`) stays simulated time, because the node hands those instants to tokio's timers,
+/// which run on simulated time (a skewed monotonic clock made deadlines already past and
+/// timers spin). Built anew each time the node starts.
 #[derive(Debug)]
 pub struct SkewedClock {
     faults: Arc<NodeFaults>,
-    /// (simulated instant, the node's instant, rate) when the rate was last seen to change.
-    anchor: Mutex<Option<(Instant, Instant, f64)>>,
+    /// (simulated instant, the node's wall offset from simulated time in ms, rate) when the
+    /// rate was last seen to change.
+    anchor: Mutex<Option<(Instant, f64, f64)>>,
 }
 
 impl SkewedClock {
@@ -137,33 +140,31 @@ impl SkewedClock {
     pub fn new(faults: Arc<NodeFaults>) -> Self {
         Self { faults, anchor: Mutex::new(None) }
     }
+
+    /// How far the node's wall clock is ahead of simulated time (negative: behind), in ms.
+    fn offset_ms(&self) -> f64 {
+        let simulated = Instant::now();
+        let rate = self.faults.clock_rate();
+        let mut anchor = self.anchor.lock().expect("anchor lock");
+        let (since, offset, old_rate) = *anchor.get_or_insert((simulated, 0.0, rate));
+        let elapsed_ms = (simulated - since).as_secs_f64() * 1e3;
+        let offset_now = offset + elapsed_ms * (old_rate - 1.0);
+        if rate != old_rate {
+            // Re-anchor where the old rate brought the clock, so it stays continuous.
+            *anchor = Some((simulated, offset_now, rate));
+        }
+        offset_now
+    }
 }
 
 impl Clock for SkewedClock {
     fn now(&self) -> Instant {
-        let simulated = Instant::now();
-        let rate = self.faults.clock_rate();
-        let mut anchor = self.anchor.lock().expect("anchor lock");
-        let (since, skewed, old_rate) = *anchor.get_or_insert((simulated, simulated, rate));
-        let skewed_now = skewed + (simulated - since).mul_f64(old_rate);
-        if rate != old_rate {
-            // Re-anchor where the old rate brought the clock, so it stays continuous.
-            *anchor = Some((simulated, skewed_now, rate));
-        }
-        skewed_now
+        Instant::now()
     }
 
     fn wall_ms(&self) -> u64 {
-        let simulated = turmoil::sim_elapsed().unwrap_or(Duration::ZERO);
-        let skew = {
-            let now = Instant::now();
-            let skewed = self.now();
-            skewed
-                .checked_duration_since(now)
-                .map(|ahead| ahead.as_millis() as i64)
-                .unwrap_or_else(|| -(now.checked_duration_since(skewed).unwrap_or(Duration::ZERO).as_millis() as i64))
-        };
-        (SIM_EPOCH_MS as i64 + simulated.as_millis() as i64 + skew).max(0) as u64
+        let simulated = turmoil::sim_elapsed().unwrap_or(Duration::ZERO).as_secs_f64() * 1e3;
+        (SIM_EPOCH_MS as f64 + simulated + self.offset_ms()).max(0.0) as u64
     }
 }
 
@@ -173,24 +174,27 @@ mod tests {
     use natter_raft::StorageFaults;
 
     #[tokio::test(start_paused = true)]
-    async fn a_skewed_clock_runs_at_its_rate_and_stays_continuous() {
+    async fn a_skewed_wall_clock_drifts_at_its_rate_and_stays_continuous() {
         let faults = SimFaults::new(1, 3);
         let clock = SkewedClock::new(faults.node(2));
-        let start = clock.now();
+        let offset = |clock: &SkewedClock| clock.offset_ms().round() as i64;
+        assert_eq!(offset(&clock), 0);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(clock.now() - start, Duration::from_secs(10), "rate 1 is simulated time");
+        assert_eq!(offset(&clock), 0, "rate 1 is simulated time");
         faults.set_clock_rate(2, 2.0);
-        let at_change = clock.now();
+        assert_eq!(offset(&clock), 0);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(clock.now() - at_change, Duration::from_secs(20), "twice as fast");
+        assert_eq!(offset(&clock), 10_000, "twice as fast: 10 s ahead after 10 s");
         faults.set_clock_rate(2, 0.5);
-        let slowed = clock.now();
+        assert_eq!(offset(&clock), 10_000);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(clock.now() - slowed, Duration::from_secs(5), "half as fast, and never back");
-        let other = SkewedClock::new(faults.node(3));
-        let before = other.now();
+        assert_eq!(offset(&clock), 5_000, "half as fast: loses 5 s in 10 s, continuously");
+        let start = clock.now();
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(other.now() - before, Duration::from_secs(1), "other nodes are not skewed");
+        assert_eq!(clock.now() - start, Duration::from_secs(1), "the monotonic clock is simulated time");
+        let other = SkewedClock::new(faults.node(3));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(offset(&other), 0, "other nodes are not skewed");
     }
 
     #[test]
