@@ -92,6 +92,9 @@ pub(crate) struct Core {
     dropped_events: u64,
     /// Cursors started by a frame rather than by a message, for the shell to store.
     started: BTreeMap<ConversationId, u64>,
+    /// The furthest receipt handed on per (conversation, member), across sessions: a new
+    /// session (or a new leader still applying) can send an older one, which is dropped.
+    receipts: BTreeMap<(ConversationId, UserId), (u64, u64)>,
     transmit: VecDeque<ClientFrame>,
     events: VecDeque<Event>,
     completions: VecDeque<Completion>,
@@ -115,6 +118,7 @@ impl Core {
             room: 0,
             dropped_events: 0,
             started: BTreeMap::new(),
+            receipts: BTreeMap::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -285,7 +289,16 @@ impl Core {
                 }
             }
             ServerFrame::Receipt { conversation, user, delivered, read } => {
-                self.push_event(Event::Receipt { conversation, user, delivered, read });
+                // Receipts never go backwards for the application, whichever node or session
+                // sent them (found by the simulator: after a reconnect during flapping
+                // partitions a receipt of 47 followed one of 49).
+                let key = (conversation, user.clone());
+                let last = self.receipts.get(&key).copied();
+                let next = last.map_or((delivered, read), |(d, r)| (d.max(delivered), r.max(read)));
+                if Some(next) != last {
+                    self.receipts.insert(key, next);
+                    self.push_event(Event::Receipt { conversation, user, delivered: next.0, read: next.1 });
+                }
             }
             ServerFrame::History { request_id, conversation, messages } => {
                 if let Some(filled) = self.fills.remove(&request_id) {
@@ -681,6 +694,33 @@ mod tests {
         assert_eq!(handed(&mut core), [3, 4, 5]);
     }
 
+    /// Found by the simulator (majority-flapping-partition seed 18): after a reconnect a
+    /// receipt older than one already handed on arrived, and went to the application.
+    #[test]
+    fn receipts_never_go_backwards_across_sessions() {
+        let mut core = connected(0, 10);
+        let now = Instant::now();
+        let receipt = |delivered: u64, read: u64| ServerFrame::Receipt {
+            conversation: conversation(),
+            user: UserId::new("bob").unwrap(),
+            delivered,
+            read,
+        };
+        core.handle_frame(receipt(49, 0), now);
+        core.handle_disconnected();
+        core.handle_welcome(&[summary(0)]);
+        core.handle_frame(receipt(47, 3), now);
+        core.handle_frame(receipt(47, 3), now);
+        core.handle_frame(receipt(50, 1), now);
+        let seen: Vec<(u64, u64)> = std::iter::from_fn(|| core.poll_event())
+            .filter_map(|event| match event {
+                Event::Receipt { delivered, read, .. } => Some((delivered, read)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seen, [(49, 0), (49, 3), (50, 3)], "each cursor only moves forward; repeats are dropped");
+    }
+
     #[test]
     fn every_event_takes_room_and_only_other_events_are_dropped() {
         let mut core = connected(0, 2);
@@ -694,7 +734,8 @@ mod tests {
         core.handle_frame(receipt.clone(), now);
         core.handle_frame(ServerFrame::Message(message(1)), now);
         core.handle_frame(ServerFrame::Message(message(2)), now);
-        core.handle_frame(receipt, now);
+        let ServerFrame::Receipt { conversation, user, .. } = receipt else { unreachable!("a receipt") };
+        core.handle_frame(ServerFrame::Receipt { conversation, user, delivered: 2, read: 0 }, now);
         assert_eq!(core.dropped_events(), 1, "the second receipt found no room");
         let events: Vec<Event> = std::iter::from_fn(|| core.poll_event()).collect();
         assert_eq!(events.len(), 2);
