@@ -14,6 +14,9 @@
 //! 6. **Receipts move forward**: per observer and member, receipts never decrease.
 //! 7. **Liveness** (when the history has a heal phase): once faults stopped, every send got an
 //!    answer and every device caught up within the phase's bound of simulated time.
+//! 8. **Fresh reads**: a history read of a conversation's latest page, invoked after a send to
+//!    it was acknowledged or one of its messages was handed to a device, returns that message
+//!    or a later one: reads are linearizable, never served from a lagging replica.
 //!
 //! Each checker is proven by a planted bug in this module's tests.
 
@@ -77,11 +80,29 @@ pub struct History {
     pub receipts: BTreeMap<Observer, Vec<(ConversationId, UserId, u64, u64)>>,
     /// Messages returned by history reads; they must agree with what devices were handed.
     pub reads: Vec<MessageRecord>,
+    /// When reads of latest pages were invoked and what they returned, for checker 8.
+    pub read_views: Vec<ReadView>,
+    /// When things were known to be committed, for checker 8: per conversation,
+    /// (simulated ms, seq) of each acknowledgement or delivery, in any order.
+    pub committed_at: BTreeMap<ConversationId, Vec<(u64, u64)>>,
     /// Sends invoked that never got any outcome, not even a timeout, by the end of the run.
     pub unfinished: Vec<SendRecord>,
     /// The heal phase, if the run had one (the simulator's does; a soak without a bound on
     /// recovery does not).
     pub heal: Option<HealPhase>,
+}
+
+/// One read of a conversation's latest page (`before` unset), as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadView {
+    /// Who read.
+    pub observer: Observer,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// When the read was invoked, simulated ms since the run began.
+    pub invoked_ms: u64,
+    /// The highest seq the page held; `None` for an empty page.
+    pub highest_seq: Option<u64>,
 }
 
 /// The end of a run: faults stopped, then the run waited until every send had its answer and
@@ -163,6 +184,21 @@ pub enum Violation {
         /// The later one.
         after: (u64, u64),
     },
+    /// A read of the latest page missed a message known committed before the read began.
+    StaleRead {
+        /// Who read.
+        observer: Observer,
+        /// The conversation.
+        conversation: ConversationId,
+        /// When the read was invoked, simulated ms.
+        invoked_ms: u64,
+        /// The highest seq the page held (0: empty).
+        returned: u64,
+        /// A seq committed before the read was invoked.
+        committed: u64,
+        /// When that seq was known committed, simulated ms.
+        committed_ms: u64,
+    },
     /// After faults stopped, sends stayed unanswered or devices behind for longer than the
     /// heal bound (or for good).
     NotSettled {
@@ -196,6 +232,7 @@ pub fn check(history: &History, complete: bool) -> Vec<Violation> {
     }
     violations.extend(receipts_forward(history));
     violations.extend(liveness(history));
+    violations.extend(fresh_reads(history));
     violations
 }
 
@@ -371,6 +408,30 @@ pub fn liveness(history: &History) -> Vec<Violation> {
         bound_ms: heal.bound_ms,
         unfinished_sends: history.unfinished.len(),
     }]
+}
+
+/// Checker 8: a read of the latest page, invoked strictly after a seq was known committed
+/// (acknowledged to its sender or handed to a device), returns that seq or a later one.
+/// "Strictly after" is by the millisecond, so events in the same millisecond never count.
+pub fn fresh_reads(history: &History) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for read in &history.read_views {
+        let Some(known) = history.committed_at.get(&read.conversation) else { continue };
+        let newest_before = known.iter().filter(|(at_ms, _)| *at_ms < read.invoked_ms).max_by_key(|(_, seq)| *seq);
+        let Some(&(committed_ms, committed)) = newest_before else { continue };
+        let returned = read.highest_seq.unwrap_or(0);
+        if returned < committed {
+            violations.push(Violation::StaleRead {
+                observer: read.observer.clone(),
+                conversation: read.conversation,
+                invoked_ms: read.invoked_ms,
+                returned,
+                committed,
+                committed_ms,
+            });
+        }
+    }
+    violations
 }
 
 /// True when no device is behind: what the simulator waits for after faults stop.
@@ -578,6 +639,45 @@ mod tests {
         let mut history = good();
         history.heal = heal(Some(16_000));
         assert!(check(&history, true).iter().any(|v| matches!(v, Violation::NotSettled { waited_ms: 6_000, .. })));
+    }
+
+    #[test]
+    fn planted_stale_read_is_caught() {
+        let alice = observer("alice", "phone");
+        let mut history = good();
+        // Seq 3 was acknowledged at 100 ms; reads invoked later must return it.
+        history.committed_at.insert(conversation(), vec![(40, 1), (70, 2), (100, 3)]);
+        let read = |invoked_ms, highest_seq| ReadView {
+            observer: alice.clone(),
+            conversation: conversation(),
+            invoked_ms,
+            highest_seq,
+        };
+        history.read_views = vec![read(100, Some(2)), read(101, Some(3)), read(50, Some(1)), read(30, None)];
+        assert_eq!(check(&history, true), vec![], "reads that overlap a commit may miss it");
+        // A lagging follower answers from before seq 3 (and an empty log) after it committed.
+        history.read_views = vec![read(120, Some(2)), read(150, None)];
+        assert_eq!(
+            fresh_reads(&history),
+            vec![
+                Violation::StaleRead {
+                    observer: alice.clone(),
+                    conversation: conversation(),
+                    invoked_ms: 120,
+                    returned: 2,
+                    committed: 3,
+                    committed_ms: 100,
+                },
+                Violation::StaleRead {
+                    observer: alice.clone(),
+                    conversation: conversation(),
+                    invoked_ms: 150,
+                    returned: 0,
+                    committed: 3,
+                    committed_ms: 100,
+                },
+            ]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use natter_proto::{ConversationId, DeviceId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::check::{History, Observer, SendOutcome, SendRecord};
+use crate::check::{History, Observer, ReadView, SendOutcome, SendRecord};
 use crate::env::{client_endpoints, node_name, PEER_PORT};
 use crate::harness::RunConfig;
 
@@ -317,6 +317,7 @@ fn record_event(shared: &SharedState, observer: &Observer, known: &Mutex<BTreeSe
     match event {
         Event::Message(message) => {
             state.trace.push(format!("{at} {observer} got {} #{}", message.conversation, message.seq));
+            state.history.committed_at.entry(message.conversation).or_default().push((at, message.seq));
             state.history.deliveries.entry(observer.clone()).or_default().push(message);
         }
         Event::Receipt { conversation, user, delivered, read } => {
@@ -377,6 +378,7 @@ async fn operate(
             shared.lock().reads += 1;
             let (client, shared, observer) = (client.clone(), shared.clone(), observer.clone());
             tokio::spawn(async move {
+                let invoked_ms = now_ms();
                 let result = client.history(conversation, None, HISTORY_PAGE_MESSAGES).await;
                 let at = now_ms();
                 let mut state = shared.lock();
@@ -384,6 +386,8 @@ async fn operate(
                     Ok(messages) => {
                         let seqs = messages.first().map(|m| m.seq)..=messages.last().map(|m| m.seq);
                         state.trace.push(format!("{at} {observer} read {conversation} {seqs:?}"));
+                        let highest_seq = messages.iter().map(|m| m.seq).max();
+                        state.history.read_views.push(ReadView { observer, conversation, invoked_ms, highest_seq });
                         state.history.reads.extend(messages);
                     }
                     Err(error) => state.trace.push(format!("{at} {observer} read {conversation} failed: {error}")),
@@ -426,6 +430,9 @@ async fn operate(
                 let at = now_ms();
                 let mut state = shared.lock();
                 state.pending.remove(&number);
+                if let SendOutcome::Acknowledged(seq) = outcome {
+                    state.history.committed_at.entry(record.conversation).or_default().push((at, seq));
+                }
                 state.trace.push(format!("{at} {} sent {:?} -> {outcome:?}", record.observer, record.body));
                 state.history.sends.push(SendRecord { client_seq, outcome, ..record });
             });
