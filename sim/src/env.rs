@@ -239,14 +239,26 @@ impl SimCluster {
                 let incarnation = starts.fetch_add(1, Ordering::SeqCst);
                 let host_seed = cluster.host_seed(id, incarnation);
                 async move {
+                    let skew = cluster.faults.clone();
                     let result = Runtime::scope(host_seed, async move {
                         let config = cluster.node_config(id);
                         let faults = cluster.faults.as_ref().map(|faults| faults.node(id));
                         let env = sim_env_with_faults(host_seed, config.data_dir.clone(), faults);
                         let node = natter_node::run_node(config, env).await?;
                         serve(NodeStart { id, incarnation, node }).await
-                    })
-                    .await;
+                    });
+                    // The node's clock runs at its skewed rate for as long as the node runs; a
+                    // crash drops both.
+                    let result = match skew {
+                        Some(faults) => {
+                            tokio::select! {
+                                biased;
+                                result = result => result,
+                                never = crate::faults::drive_monotonic_skew(faults, id) => match never {},
+                            }
+                        }
+                        None => result.await,
+                    };
                     result.map_err(|error| error.to_string().into())
                 }
             });

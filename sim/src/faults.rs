@@ -5,9 +5,15 @@
 //! [`crate::nemesis::FaultHooks`]. A node's host builds its `NodeEnv` with a [`SkewedClock`]
 //! and the node's [`NodeFaults`] as the store's `StorageFaults`, so what the nemesis sets
 //! reaches the real node code:
-//! - **Clock skew** makes the node's wall clock drift (`Clock::wall_ms`: message timestamps,
-//!   token expiry). Its monotonic clock stays simulated time: the node's deadlines become
-//!   tokio timers, which run on simulated time for every host alike.
+//! - **Clock skew** changes how fast a node's clocks run. Its wall clock drifts
+//!   (`Clock::wall_ms`: message timestamps, token expiry), and so does its monotonic clock:
+//!   [`drive_monotonic_skew`] runs beside the node on its host and moves the host's tokio clock
+//!   ahead, so every timer of the node (openraft's elections and heartbeats, quinn's idle and
+//!   retransmission timers, the node's own deadlines) fires early by the node's rate. tokio,
+//!   quinn and openraft all read that one clock, so a node never sees a deadline it set in the
+//!   past. A host's clock can only be pushed ahead, never held back, so rates are taken relative
+//!   to the slowest node: a node at 0.8 leaves every other node running 1.25 times as fast,
+//!   which is the same disagreement between nodes.
 //! - **Storage faults** fail a write before anything of it is written, with the fault's
 //!   probability, drawn from a per-node RNG seeded from the run's seed; or delay every write's
 //!   completion. openraft stops a group whose storage failed, so a node that saw I/O errors is
@@ -101,6 +107,13 @@ impl SimFaults {
         self.nodes.get(&node).unwrap_or_else(|| panic!("no node {node} in the simulation")).clone()
     }
 
+    /// How fast `node`'s monotonic clock runs against simulated time: its rate relative to the
+    /// slowest node's (or to 1.0 when none is slower), so it is never below 1.
+    pub fn monotonic_rate(&self, node: u64) -> f64 {
+        let slowest = self.nodes.values().map(|faults| faults.clock_rate()).fold(1.0, f64::min);
+        self.nodes.get(&node).map_or(1.0, |faults| faults.clock_rate() / slowest)
+    }
+
     /// Writes failed on purpose so far, over every node.
     pub fn failed_writes(&self) -> u64 {
         self.nodes.values().map(|faults| faults.failed_writes()).sum()
@@ -122,11 +135,41 @@ impl FaultHooks for SimFaults {
     }
 }
 
+/// How often [`drive_monotonic_skew`] pushes its host's clock ahead, in the host's time.
+const MONOTONIC_SKEW_STEP: Duration = Duration::from_millis(10);
+
+/// Makes the calling host's tokio clock (which is paused: turmoil advances it) run at
+/// `node`'s [`SimFaults::monotonic_rate`]: every step it works out where the host's clock
+/// should be, given simulated time (`turmoil::sim_elapsed`) and the rate over each step, and
+/// advances the clock to there. Runs until dropped; run it beside the node, on its host, so a
+/// crash stops both.
+///
+/// The clock moves by whole milliseconds only, the remainder carried to the next step: tokio's
+/// timers round deadlines up to the next millisecond, so a clock left between two would make
+/// every following timer (turmoil's ticks included) wait for the rounding too.
+pub async fn drive_monotonic_skew(faults: Arc<SimFaults>, node: u64) -> std::convert::Infallible {
+    let simulated = || turmoil::sim_elapsed().unwrap_or_default();
+    let host_started = Instant::now();
+    let mut simulated_last = simulated();
+    // Where the host clock should be, as time since `host_started`.
+    let mut target = Duration::ZERO;
+    loop {
+        tokio::time::sleep(MONOTONIC_SKEW_STEP).await;
+        let simulated_now = simulated();
+        target += (simulated_now - simulated_last).mul_f64(faults.monotonic_rate(node));
+        simulated_last = simulated_now;
+        let behind_ms = target.saturating_sub(host_started.elapsed()).as_millis() as u64;
+        if behind_ms > 0 {
+            tokio::time::advance(Duration::from_millis(behind_ms)).await;
+        }
+    }
+}
+
 /// A node's clock under skew: its wall clock (`wall_ms`) runs at the node's current rate from
 /// the moment the rate last changed, as a drifting NTP-less clock would; its monotonic clock
-/// (`now`) stays simulated time, because the node hands those instants to tokio's timers,
-/// which run on simulated time (a skewed monotonic clock made deadlines already past and
-/// timers spin). Built anew each time the node starts.
+/// (`now`) is the host's tokio clock, which [`drive_monotonic_skew`] speeds up (skewing `now`
+/// here alone would hand tokio's timers deadlines already past, and they would spin). Built
+/// anew each time the node starts.
 #[derive(Debug)]
 pub struct SkewedClock {
     faults: Arc<NodeFaults>,
@@ -195,6 +238,46 @@ mod tests {
         let other = SkewedClock::new(faults.node(3));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(offset(&other), 0, "other nodes are not skewed");
+    }
+
+    #[test]
+    fn monotonic_rates_are_relative_to_the_slowest_node() {
+        let faults = SimFaults::new(1, 3);
+        assert_eq!(faults.monotonic_rate(1), 1.0);
+        faults.set_clock_rate(1, 1.2);
+        assert!((faults.monotonic_rate(1) - 1.2).abs() < 1e-9);
+        assert_eq!(faults.monotonic_rate(2), 1.0);
+        faults.set_clock_rate(2, 0.8);
+        assert!((faults.monotonic_rate(1) - 1.5).abs() < 1e-9, "1.2 against 0.8");
+        assert!((faults.monotonic_rate(3) - 1.25).abs() < 1e-9, "1.0 against 0.8");
+        assert_eq!(faults.monotonic_rate(2), 1.0);
+    }
+
+    #[test]
+    fn a_fast_node_sees_its_timers_fire_early() {
+        let faults = Arc::new(SimFaults::new(1, 2));
+        faults.set_clock_rate(1, 1.25);
+        let fired_at: Arc<Mutex<BTreeMap<u64, Duration>>> = Arc::default();
+        let mut sim = turmoil::Builder::new().simulation_duration(Duration::from_secs(60)).build();
+        for node in [1u64, 2] {
+            let (faults, fired_at) = (faults.clone(), fired_at.clone());
+            sim.client(crate::env::node_name(node), async move {
+                let skew = tokio::spawn(async move {
+                    drive_monotonic_skew(faults, node).await;
+                });
+                // A 10 s timer in the node's own time, as an election timeout would be.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                skew.abort();
+                fired_at.lock().expect("fired").insert(node, turmoil::sim_elapsed().expect("in a simulation"));
+                Ok(())
+            });
+        }
+        sim.run().expect("the simulation runs");
+        let fired_at = fired_at.lock().expect("fired").clone();
+        let fast = fired_at[&1].as_secs_f64();
+        assert!((7.95..=8.05).contains(&fast), "a 1.25 clock's 10 s timer fired after {fast} simulated s");
+        let normal = fired_at[&2].as_secs_f64();
+        assert!((9.99..=10.01).contains(&normal), "a normal clock's 10 s timer fired after {normal} s");
     }
 
     #[test]
