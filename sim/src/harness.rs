@@ -27,6 +27,7 @@ use natter_raft::canary::Canary;
 use crate::check::{self, HealPhase, SendOutcome, Violation};
 use crate::env::{node_name, NodeStart, SimCluster};
 use crate::faults::SimFaults;
+use crate::nemesis::Timed;
 use crate::workload::{self, device_host, DeviceContext, Plan, SharedState};
 
 /// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
@@ -37,6 +38,10 @@ pub trait Nemesis {
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
     /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
+    /// The faults applied so far, in order; the run's trace (and so its hash) records each.
+    fn journal(&self) -> &[Timed] {
+        &[]
+    }
 }
 
 /// No faults.
@@ -284,6 +289,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     }
 
     let mut phase = Phase::Setup;
+    let mut faults_recorded = 0;
     let mut heal_started = Duration::ZERO;
     let mut next_settle_check = Duration::ZERO;
     let mut finish_by = Duration::MAX;
@@ -294,6 +300,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
             let started = Duration::from_millis(shared.lock().workload_started_ms.unwrap_or_default());
             let since_start = sim.elapsed().saturating_sub(started);
             nemesis.tick(&mut sim, since_start);
+            record_faults(&shared, nemesis.journal(), &mut faults_recorded, sim.elapsed());
         }
         let elapsed = sim.elapsed();
         match sim.step() {
@@ -325,6 +332,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
                 if state.stopped == plan.devices.len() {
                     drop(state);
                     nemesis.heal(&mut sim);
+                    record_faults(&shared, nemesis.journal(), &mut faults_recorded, elapsed);
                     phase = Phase::Heal;
                     heal_started = elapsed;
                     next_settle_check = elapsed;
@@ -399,6 +407,19 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
         trace_hash,
         trace: std::mem::take(&mut state.trace),
     }
+}
+
+/// Adds the journal's entries from `recorded` on to the trace, at `elapsed` (simulated time
+/// since the run began), and moves `recorded` past them.
+fn record_faults(shared: &SharedState, journal: &[Timed], recorded: &mut usize, elapsed: Duration) {
+    if journal.len() <= *recorded {
+        return;
+    }
+    let mut state = shared.lock();
+    for timed in &journal[*recorded..] {
+        state.trace.push(format!("{} nemesis {}", elapsed.as_millis(), timed.action));
+    }
+    *recorded = journal.len();
 }
 
 fn empty_outcome(seed: u64, failure: String, wall_started: Duration) -> RunOutcome {

@@ -783,11 +783,6 @@ impl ScheduledNemesis {
         &self.schedule
     }
 
-    /// Every action applied so far, at the simulated time it was applied, heal included.
-    pub fn journal(&self) -> &[Timed] {
-        &self.journal
-    }
-
     /// Nodes this nemesis crashed and has not restarted.
     pub fn crashed(&self) -> &BTreeSet<u64> {
         &self.crashed
@@ -893,6 +888,12 @@ impl Nemesis for ScheduledNemesis {
             self.apply(sim, &action);
             self.journal.push(Timed { at: elapsed, action });
         }
+    }
+
+    /// Every action applied so far, at the simulated time since the workload began, heal's
+    /// restarts included.
+    fn journal(&self) -> &[Timed] {
+        &self.journal
     }
 
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
