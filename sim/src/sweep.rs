@@ -37,6 +37,14 @@ pub fn run_config(scenario: &Scenario, canaries: &[Canary]) -> RunConfig {
         history_read_share: workload.history_read_share,
         reconnect_share: workload.reconnect_share,
         run_duration: Duration::from_secs(workload.run_seconds),
+        // A cap the workload should not reach before its duration ends (twice the mean
+        // operations of the most devices the scenario allows), so the whole fault window runs.
+        sends_max: (2.0
+            * f64::from(clients.users)
+            * f64::from(clients.devices_per_user_max)
+            * workload.operations_per_client_per_second
+            * workload.run_seconds as f64)
+            .ceil() as usize,
         heal_bound: Duration::from_secs(scenario.heal.heal_seconds_max),
         canaries: canaries.to_vec(),
         ..RunConfig::default()

@@ -100,8 +100,9 @@ fn every_scenario_passes_its_seed_budget_and_replays_identically_in_another_proc
 }
 
 /// Runs `canary` on `scenario` seed by seed until a seed fails; asserts that happens within
-/// [`CANARY_SEEDS_MAX`] seeds and that the same seed passes without the canary.
-fn assert_caught(canary: Canary, scenario_name: &str) {
+/// [`CANARY_SEEDS_MAX`] seeds, that the checker meant for it (`expected`, a violation's name)
+/// is among those that caught it, and that the same seed passes without the canary.
+fn assert_caught(canary: Canary, scenario_name: &str, expected: &str) {
     let loaded = scenarios();
     let (path, scenario) =
         loaded.iter().find(|(_, scenario)| scenario.name == scenario_name).expect("the canary's scenario exists");
@@ -111,6 +112,11 @@ fn assert_caught(canary: Canary, scenario_name: &str) {
             continue;
         }
         println!("{canary} caught by {scenario_name} seed {seed}: {}", planted.problems[0]);
+        assert!(
+            planted.problems.iter().any(|problem| problem.starts_with(expected)),
+            "{canary} was caught, but not by {expected}: {:?}",
+            planted.problems
+        );
         let clean = sweep::run_seed(scenario, seed, &[], false);
         assert!(
             clean.passed(),
@@ -124,25 +130,25 @@ fn assert_caught(canary: Canary, scenario_name: &str) {
 
 #[test]
 fn the_ack_before_commit_canary_is_caught() {
-    assert_caught(Canary::AckBeforeCommit, "leader-crash-loop");
+    assert_caught(Canary::AckBeforeCommit, "leader-crash-loop", "AcknowledgedLost");
 }
 
 #[test]
 fn the_dedup_skipped_canary_is_caught() {
-    assert_caught(Canary::DedupSkipped, "leader-crash-loop");
+    assert_caught(Canary::DedupSkipped, "leader-crash-loop", "AppendedTwice");
 }
 
 #[test]
 fn the_cursor_backwards_canary_is_caught() {
-    assert_caught(Canary::CursorBackwards, "steady-state");
+    assert_caught(Canary::CursorBackwards, "steady-state", "GapOrDuplicate");
 }
 
 #[test]
 fn the_interest_not_reregistered_canary_is_caught() {
-    assert_caught(Canary::InterestNotReregistered, "leader-crash-loop");
+    assert_caught(Canary::InterestNotReregistered, "leader-crash-loop", "Incomplete");
 }
 
 #[test]
 fn the_stale_follower_read_canary_is_caught() {
-    assert_caught(Canary::StaleFollowerRead, "minority-partition");
+    assert_caught(Canary::StaleFollowerRead, "minority-partition", "StaleRead");
 }
