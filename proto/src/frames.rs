@@ -44,6 +44,19 @@ pub enum PresenceStatus {
     Offline,
 }
 
+/// Who may see a user's presence and last-seen (a `settings` frame sets it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresencePrivacy {
+    /// Everyone who shares a conversation with the user.
+    #[default]
+    Everyone,
+    /// Only users who share a 1:1 conversation with the user.
+    Contacts,
+    /// Nobody: watchers see the user offline, with no last-seen.
+    Nobody,
+}
+
 /// A frame sent by a client to the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,11 +143,18 @@ pub enum ClientFrame {
         /// Any number, echoed back.
         nonce: u64,
     },
+    /// Changes the user's settings; answered by `settings` with the stored values.
+    Settings {
+        /// Echoed in the answer.
+        request_id: String,
+        /// Who may see the user's presence and last-seen.
+        presence_privacy: PresencePrivacy,
+    },
 }
 
 /// The snake_case `type` names of [`ClientFrame`]'s variants, in variant order.
-pub const CLIENT_FRAME_TYPES: [&str; 9] =
-    ["hello", "create_conversation", "send", "ack", "read", "history", "typing", "presence", "ping"];
+pub const CLIENT_FRAME_TYPES: [&str; 10] =
+    ["hello", "create_conversation", "send", "ack", "read", "history", "typing", "presence", "ping", "settings"];
 
 impl ClientFrame {
     /// The frame's snake_case `type` name, as in its JSON form.
@@ -149,6 +169,7 @@ impl ClientFrame {
             Self::Typing { .. } => 6,
             Self::Presence { .. } => 7,
             Self::Ping { .. } => 8,
+            Self::Settings { .. } => 9,
         };
         CLIENT_FRAME_TYPES[index]
     }
@@ -156,7 +177,9 @@ impl ClientFrame {
     /// The `request_id` the frame carries, if its type has one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Self::CreateConversation { request_id, .. } | Self::History { request_id, .. } => Some(request_id),
+            Self::CreateConversation { request_id, .. }
+            | Self::History { request_id, .. }
+            | Self::Settings { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
@@ -223,6 +246,7 @@ impl ClientFrame {
                 Some(custom) => check_bytes("custom", custom, PRESENCE_CUSTOM_BYTES_MAX),
                 None => Ok(()),
             },
+            Self::Settings { request_id, .. } => check_bytes("request_id", request_id, REQUEST_ID_BYTES_MAX),
             Self::Ack { .. } | Self::Read { .. } | Self::Typing { .. } | Self::Ping { .. } => Ok(()),
         }
     }
@@ -380,11 +404,29 @@ pub enum ServerFrame {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// The answer to `settings`: the user's settings as stored.
+    Settings {
+        /// The request's `request_id`.
+        request_id: String,
+        /// Who may see the user's presence and last-seen.
+        presence_privacy: PresencePrivacy,
+    },
 }
 
 /// The snake_case `type` names of [`ServerFrame`]'s variants, in variant order.
-pub const SERVER_FRAME_TYPES: [&str; 10] =
-    ["welcome", "conversation", "message", "send_ok", "receipt", "history", "typing", "presence", "error", "pong"];
+pub const SERVER_FRAME_TYPES: [&str; 11] = [
+    "welcome",
+    "conversation",
+    "message",
+    "send_ok",
+    "receipt",
+    "history",
+    "typing",
+    "presence",
+    "error",
+    "pong",
+    "settings",
+];
 
 impl ServerFrame {
     /// The frame's snake_case `type` name, as in its JSON form.
@@ -400,6 +442,7 @@ impl ServerFrame {
             Self::Presence { .. } => 7,
             Self::Error { .. } => 8,
             Self::Pong { .. } => 9,
+            Self::Settings { .. } => 10,
         };
         SERVER_FRAME_TYPES[index]
     }

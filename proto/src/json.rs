@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(
             unknown,
             "expected a client frame type (hello, create_conversation, send, ack, read, history, \
-             typing, presence, ping), got \"pong\""
+             typing, presence, ping, settings), got \"pong\""
         );
         assert!(bad_frame_reason(decode_server(r#"{"type":"ping","nonce":7}"#))
             .starts_with("expected a server frame type ("));

@@ -17,5 +17,7 @@ pub mod limits;
 pub use codec::{decode_payload, encode_frame, FrameDecoder};
 pub use error::ErrorCode;
 pub use frame_error::FrameError;
-pub use frames::{ActivityStatus, ClientFrame, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame};
+pub use frames::{
+    ActivityStatus, ClientFrame, ConversationSummary, MessageRecord, PresencePrivacy, PresenceStatus, ServerFrame,
+};
 pub use ids::{ConversationId, DeviceId, IdError, UserId};

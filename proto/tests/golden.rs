@@ -9,7 +9,7 @@ use natter_proto::frames::{CLIENT_FRAME_TYPES, SERVER_FRAME_TYPES};
 use natter_proto::json::{decode_client, decode_server, encode_client, encode_server};
 use natter_proto::{
     decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId,
-    ErrorCode, FrameDecoder, MessageRecord, PresenceStatus, ServerFrame, UserId,
+    ErrorCode, FrameDecoder, MessageRecord, PresencePrivacy, PresenceStatus, ServerFrame, UserId,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -95,6 +95,10 @@ fn client_examples() -> Vec<(&'static str, ClientFrame)> {
             ClientFrame::Presence { status: ActivityStatus::Active, custom: Some("in a meeting".into()) },
         ),
         ("client_ping", ClientFrame::Ping { nonce: 7 }),
+        (
+            "client_settings",
+            ClientFrame::Settings { request_id: "r4".into(), presence_privacy: PresencePrivacy::Contacts },
+        ),
     ]
 }
 
@@ -184,6 +188,10 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
             },
         ),
         ("server_pong", ServerFrame::Pong { nonce: 7 }),
+        (
+            "server_settings",
+            ServerFrame::Settings { request_id: "r4".into(), presence_privacy: PresencePrivacy::Nobody },
+        ),
     ]
 }
 

@@ -10,7 +10,7 @@ use natter_proto::json::{decode_client, decode_server, encode_client, encode_ser
 use natter_proto::limits::FRAME_BYTES_MAX;
 use natter_proto::{
     decode_payload, encode_frame, ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId,
-    ErrorCode, FrameDecoder, FrameError, MessageRecord, PresenceStatus, ServerFrame, UserId,
+    ErrorCode, FrameDecoder, FrameError, MessageRecord, PresencePrivacy, PresenceStatus, ServerFrame, UserId,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -40,6 +40,10 @@ fn users() -> impl Strategy<Value = Vec<UserId>> {
     prop::collection::vec(user_id(), 0..5)
 }
 
+fn privacy() -> impl Strategy<Value = PresencePrivacy> {
+    select(vec![PresencePrivacy::Everyone, PresencePrivacy::Contacts, PresencePrivacy::Nobody])
+}
+
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
         (device_id(), prop::collection::btree_map(conversation_id(), any::<u64>(), 0..4), prop::option::of(text()))
@@ -64,6 +68,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (select(vec![ActivityStatus::Active, ActivityStatus::Away]), prop::option::of(text()))
             .prop_map(|(status, custom)| ClientFrame::Presence { status, custom }),
         any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
+        (text(), privacy())
+            .prop_map(|(request_id, presence_privacy)| ClientFrame::Settings { request_id, presence_privacy }),
     ]
 }
 
@@ -114,11 +120,13 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 ServerFrame::Error { request_id, conversation, client_seq, code, message }
             }),
         any::<u64>().prop_map(|nonce| ServerFrame::Pong { nonce }),
+        (text(), privacy())
+            .prop_map(|(request_id, presence_privacy)| ServerFrame::Settings { request_id, presence_privacy }),
     ]
 }
 
 /// Every field name the frames use, so generated objects often hit real fields.
-const FIELD_NAMES: [&str; 30] = [
+const FIELD_NAMES: [&str; 31] = [
     "type",
     "device",
     "resume",
@@ -149,6 +157,7 @@ const FIELD_NAMES: [&str; 30] = [
     "code",
     "message",
     "extra",
+    "presence_privacy",
 ];
 
 fn field_name() -> impl Strategy<Value = String> {

@@ -287,8 +287,8 @@ pub struct Cursor {
 /// Per-user settings kept on the user's shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSettings {
-    /// Hide last-seen from other users.
-    pub hide_last_seen: bool,
+    /// Who may see the user's presence and last-seen.
+    pub presence_privacy: natter_proto::PresencePrivacy,
     /// IANA time zone name for quiet hours, if set.
     pub time_zone: Option<String>,
 }
