@@ -330,6 +330,22 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     labels.extend(render::labels(&client.conversations()));
                     (format!("natter: connected to {node} as {}\n", client.user()), false)
                 }
+                // Typing and presence are signals, not messages: on stderr for people, beside
+                // the messages for programs (--json).
+                Event::Typing { conversation, user, active } => {
+                    if json {
+                        (render::json_typing(*conversation, user, *active), true)
+                    } else {
+                        (render::render_typing(&label(&labels, *conversation), user, *active), false)
+                    }
+                }
+                Event::Presence { user, status, last_seen, custom } => {
+                    if json {
+                        (render::json_presence(user, *status, *last_seen, custom.as_deref()), true)
+                    } else {
+                        (render::render_presence(user, *status, *last_seen, custom.as_deref()), false)
+                    }
+                }
                 Event::Disconnected { reason } => (format!("natter: disconnected: {reason}\n"), false),
                 Event::Error { code, message, .. } => (format!("natter: server error ({code}): {message}\n"), false),
                 _ => continue,

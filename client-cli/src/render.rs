@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use natter_proto::json::encode_server;
-use natter_proto::{ConversationId, ConversationSummary, MessageRecord, ServerFrame, UserId};
+use natter_proto::{ConversationId, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame, UserId};
 
 use crate::client::{ConversationInfo, SendOk};
 use crate::table::render_table;
@@ -84,6 +84,42 @@ pub fn render_receipt(label: &str, user: &UserId, delivered: u64, read: u64) -> 
 /// A receipt as one JSON line: the protocol's `receipt` frame.
 pub fn json_receipt(conversation: ConversationId, user: &UserId, delivered: u64, read: u64) -> String {
     let frame = ServerFrame::Receipt { conversation, user: user.clone(), delivered, read };
+    format!("{}\n", encode_server(&frame))
+}
+
+/// A typing signal for people.
+pub fn render_typing(label: &str, user: &UserId, active: bool) -> String {
+    if active {
+        format!("[{label}] {user} is typing\n")
+    } else {
+        format!("[{label}] {user} stopped typing\n")
+    }
+}
+
+/// A typing signal as one JSON line: the protocol's `typing` frame.
+pub fn json_typing(conversation: ConversationId, user: &UserId, active: bool) -> String {
+    format!("{}\n", encode_server(&ServerFrame::Typing { conversation, user: user.clone(), active }))
+}
+
+/// A presence change for people.
+pub fn render_presence(user: &UserId, status: PresenceStatus, last_seen: Option<u64>, custom: Option<&str>) -> String {
+    let status = match status {
+        PresenceStatus::Online => "online".to_owned(),
+        PresenceStatus::Away => "away".to_owned(),
+        PresenceStatus::Offline => match last_seen {
+            Some(ts) => format!("offline, last seen {}", format_ts(ts)),
+            None => "offline".to_owned(),
+        },
+    };
+    match custom {
+        Some(custom) => format!("{user} is {status} ({custom})\n"),
+        None => format!("{user} is {status}\n"),
+    }
+}
+
+/// A presence change as one JSON line: the protocol's `presence` frame.
+pub fn json_presence(user: &UserId, status: PresenceStatus, last_seen: Option<u64>, custom: Option<&str>) -> String {
+    let frame = ServerFrame::Presence { user: user.clone(), status, last_seen, custom: custom.map(str::to_owned) };
     format!("{}\n", encode_server(&frame))
 }
 
@@ -194,5 +230,21 @@ mod tests {
         assert_eq!(format_ts(1_764_288_000_000), "2025-11-28 00:00:00Z");
         assert_eq!(format_ts(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03Z");
         assert_eq!(format_ts(4_107_542_399_999), "2100-02-28 23:59:59Z");
+    }
+
+    #[test]
+    fn signals_read_as_sentences_and_as_protocol_json() {
+        let bob = UserId::new("bob").unwrap();
+        assert_eq!(render_typing("plans", &bob, true), "[plans] bob is typing\n");
+        assert_eq!(render_typing("plans", &bob, false), "[plans] bob stopped typing\n");
+        assert_eq!(render_presence(&bob, PresenceStatus::Online, None, Some("at lunch")), "bob is online (at lunch)\n");
+        assert_eq!(
+            render_presence(&bob, PresenceStatus::Offline, Some(1_764_288_000_000), None),
+            "bob is offline, last seen 2025-11-28 00:00:00Z\n"
+        );
+        assert_eq!(render_presence(&bob, PresenceStatus::Offline, None, None), "bob is offline\n");
+        let conversation = ConversationId::from_bytes([1; 16]);
+        assert!(json_typing(conversation, &bob, true).starts_with(r#"{"type":"typing","#));
+        assert!(json_presence(&bob, PresenceStatus::Away, None, None).contains(r#""status":"away""#));
     }
 }

@@ -450,6 +450,40 @@ impl Cluster {
         }
     }
 
+    /// Fans an ephemeral push (typing) out to the nodes interested in its topic, through the
+    /// leader of `shard`, which is the one that knows them. Best effort, as typing is: one
+    /// try at the leader this node knows of, nothing stored, nothing retried.
+    pub fn relay(&self, shard: ShardId, push: Push) {
+        let leader = self.groups.get(&shard).and_then(|raft| raft.metrics().borrow_watched().current_leader);
+        let leader = leader.or_else(|| self.leader_hints.lock().expect("hints lock").get(&shard).copied());
+        let Some(leader) = leader.or_else(|| self.placement.get(&shard).and_then(|replicas| replicas.first().copied()))
+        else {
+            return;
+        };
+        if leader == self.config.node_id {
+            let _ = self.relay_local(shard, push);
+            return;
+        }
+        let transport = self.transport.clone();
+        let request = PeerRequest::Relay { shard, push };
+        crate::spawn(async move {
+            let _ = transport.call(leader, &request, None, INTEREST_REFRESH).await;
+        });
+    }
+
+    /// Leader side of [`PeerRequest::Relay`].
+    fn relay_local(&self, shard: ShardId, push: Push) -> PeerResponse {
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        let leader = raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.config.node_id) {
+            return PeerResponse::NotLeader { leader };
+        }
+        self.push(shard, push);
+        PeerResponse::Delivered
+    }
+
     /// Hands `push` to `node`'s sessions: directly when it is this node, else by RPC.
     fn push_to(&self, node: NodeId, shard: ShardId, push: Push) {
         if node == self.config.node_id {
@@ -751,6 +785,9 @@ impl Cluster {
             self.deliveries.dispatch(push);
             return PeerResponse::Delivered;
         }
+        if let PeerRequest::Relay { push, .. } = request {
+            return self.relay_local(shard, push);
+        }
         if let PeerRequest::Read { query, .. } = request {
             if !self.groups.contains_key(&shard) {
                 return PeerResponse::UnknownShard;
@@ -784,7 +821,8 @@ impl Cluster {
             | PeerRequest::ReadIndex { .. }
             | PeerRequest::Read { .. }
             | PeerRequest::Interest { .. }
-            | PeerRequest::Deliver { .. } => unreachable!("handled above"),
+            | PeerRequest::Deliver { .. }
+            | PeerRequest::Relay { .. } => unreachable!("handled above"),
         }
     }
 

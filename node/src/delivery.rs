@@ -98,6 +98,16 @@ pub enum Push {
         /// The fingerprint of the list.
         digest: u64,
     },
+    /// A member started or stopped typing: ephemeral, never stored, relayed by the
+    /// conversation shard's leader to the nodes interested in the conversation.
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who is typing.
+        user: UserId,
+        /// True while typing; clients expire it after `TYPING_TTL_MS` unless renewed.
+        active: bool,
+    },
 }
 
 impl Push {
@@ -105,9 +115,9 @@ impl Push {
     pub fn topic(&self) -> Topic {
         match self {
             Self::Message(message) => Topic::Conversation(message.conversation),
-            Self::Receipt { conversation, .. } | Self::Behind { conversation, .. } => {
-                Topic::Conversation(*conversation)
-            }
+            Self::Receipt { conversation, .. }
+            | Self::Behind { conversation, .. }
+            | Self::Typing { conversation, .. } => Topic::Conversation(*conversation),
             Self::Joined { user, .. } | Self::Listing { user, .. } => Topic::User(user.clone()),
         }
     }

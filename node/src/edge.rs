@@ -1,5 +1,7 @@
-//! The client QUIC edge (ALPN `natter/1`): one bidirectional stream per session, frames from
-//! `natter_proto::codec`, a JWT in `hello`.
+//! The client edge: sessions, whatever carries them. A session runs the same way over QUIC
+//! (ALPN `natter/1`: one bidirectional stream, frames from `natter_proto::codec`, a JWT in
+//! `hello`) and over the browser transports of [`crate::web`] (WebSocket, SSE and long-poll,
+//! JSON frames, the JWT checked on the HTTP request); a [`Wire`] is the difference.
 //!
 //! A session authenticates (`hello` → `welcome` with the user's conversations, then everything
 //! after each `resume` cursor), then gets every new message of the conversations it follows
@@ -18,9 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures::future::BoxFuture;
 use natter_proto::codec::{encode_frame, FrameDecoder};
-use natter_proto::frames::{ClientFrame, ConversationSummary, ServerFrame};
+use natter_proto::frame_error::FrameError;
+use natter_proto::frames::{ClientFrame, ConversationSummary, PresencePrivacy, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::canary::{self, Canary};
@@ -98,18 +103,30 @@ impl ClientEdge {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, connection: quinn::Connection) {
-        let stream = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
-        let Ok(Ok((send, recv))) = stream else {
-            connection.close(close::UNAUTHENTICATED.into(), b"no session stream");
-            return;
-        };
+    /// Checks a token presented outside `hello` (on an HTTP request): its user, or why not.
+    pub fn authenticate(&self, token: &str) -> Result<UserId, String> {
+        self.tokens.verify(token, self.now_seconds()).map_err(|error| error.to_string())
+    }
+
+    /// The node's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Fresh random bytes for ids the edge hands out (HTTP session ids).
+    pub fn random_bytes<const N: usize>(&self) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        self.ids.lock().expect("ids lock").fill_bytes(&mut bytes);
+        bytes
+    }
+
+    /// Serves one session over `wire` until it ends. `authenticated` is the user a transport
+    /// already authenticated (from the HTTP request's token); `hello` then needs no token.
+    pub async fn serve<W: Wire>(self: Arc<Self>, wire: W, authenticated: Option<UserId>) {
         let mut session = Session {
             edge: self.clone(),
-            connection: connection.clone(),
-            send,
-            recv,
-            decoder: FrameDecoder::new(),
+            wire,
+            authenticated,
             identity: None,
             bad_frames: 0,
             subscription: None,
@@ -117,14 +134,100 @@ impl ClientEdge {
             delivered: BTreeMap::new(),
             receipts: BTreeMap::new(),
             listing: Listing::default(),
+            typing: BTreeSet::new(),
         };
         session.run().await;
         if let Some(id) = session.subscription {
             self.cluster.deliveries().close(id);
         }
         if let Some((user, _)) = &session.identity {
+            for conversation in std::mem::take(&mut session.typing) {
+                let shard = shard_of_conversation(&conversation, self.cluster.config().shards);
+                self.cluster.relay(shard, Push::Typing { conversation, user: user.clone(), active: false });
+            }
             self.release(user);
         }
+    }
+
+    async fn serve_connection(self: Arc<Self>, connection: quinn::Connection) {
+        let stream = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await;
+        let Ok(Ok((send, recv))) = stream else {
+            connection.close(close::UNAUTHENTICATED.into(), b"no session stream");
+            return;
+        };
+        let wire = QuicWire { connection, send, recv, decoder: FrameDecoder::new() };
+        self.serve(wire, None).await;
+    }
+}
+
+/// What a session read from its client.
+pub enum Inbound {
+    /// Frames, in the order sent, each decoded or the error that made it unreadable.
+    Frames(Vec<Result<ClientFrame, FrameError>>),
+    /// The client is gone (it finished, the connection dropped, or the transport expired it).
+    Gone,
+}
+
+/// How a session talks to its client: the one thing QUIC, WebSocket and the HTTP transports do
+/// differently. A session reads and writes frames; the wire encodes, decodes and carries them.
+pub trait Wire: Send + 'static {
+    /// The next frames the client sent. Must be cancel-safe: the session waits for it beside
+    /// pushes and drops it when a push comes first.
+    fn receive(&mut self) -> impl Future<Output = Inbound> + Send;
+    /// Sends `frame`; `Err` when the client is gone.
+    fn send(&mut self, frame: &ServerFrame) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Ends the session with `code` (one of [`close`]) and `reason`, after the frames already
+    /// sent have had a chance to arrive.
+    fn close(&mut self, code: u32, reason: &'static str) -> impl Future<Output = ()> + Send;
+}
+
+/// A QUIC session: one bidirectional stream of length-prefixed postcard frames.
+struct QuicWire {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl Wire for QuicWire {
+    async fn receive(&mut self) -> Inbound {
+        // `read_chunk` is cancel-safe, and everything after it is synchronous.
+        let chunk = match self.recv.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) | Err(_) => return Inbound::Gone,
+        };
+        let mut frames = Vec::new();
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let taken = self.decoder.push(rest);
+            rest = &rest[taken..];
+            loop {
+                match self.decoder.next_frame::<ClientFrame>() {
+                    Ok(Some(frame)) => frames.push(Ok(frame)),
+                    Ok(None) => break,
+                    Err(error) => frames.push(Err(error)),
+                }
+            }
+        }
+        Inbound::Frames(frames)
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), ()> {
+        let mut bytes = Vec::new();
+        if let Err(error) = encode_frame(frame, &mut bytes) {
+            tracing::warn!(%error, "dropping an unencodable server frame");
+            return Ok(());
+        }
+        self.send.write_all(&bytes).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, code: u32, reason: &'static str) {
+        // Let the last frames (the error saying why) reach the client before closing: a QUIC
+        // close discards stream data still in flight.
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
+        }
+        self.connection.close(code.into(), reason.as_bytes());
     }
 }
 
@@ -146,12 +249,11 @@ enum End {
     Closed(u32, &'static str),
 }
 
-struct Session {
+struct Session<W> {
     edge: Arc<ClientEdge>,
-    connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
+    wire: W,
+    /// The user the transport authenticated before the session began, if it did.
+    authenticated: Option<UserId>,
     identity: Option<(UserId, DeviceId)>,
     bad_frames: u32,
     /// This session's delivery registration, once authenticated.
@@ -166,6 +268,9 @@ struct Session {
     /// The user's conversation list as this session knows it, to notice joins whose push was
     /// lost (the leader's [`Push::Listing`] then differs).
     listing: Listing,
+    /// Conversations this session said it is typing in and has not said it stopped: when the
+    /// session ends, the others are told it stopped.
+    typing: BTreeSet<ConversationId>,
 }
 
 /// Waits for the next push, or forever before the session subscribed.
@@ -176,16 +281,11 @@ async fn next_push(pushes: &mut Option<mpsc::Receiver<Arc<Push>>>) -> Option<Arc
     }
 }
 
-impl Session {
+impl<W: Wire> Session<W> {
     async fn run(&mut self) {
         let end = self.serve_frames().await;
         if let End::Closed(code, reason) = end {
-            // Let the last frames (the error saying why) reach the client before closing: a
-            // QUIC close discards stream data still in flight.
-            if self.send.finish().is_ok() {
-                let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
-            }
-            self.connection.close(code.into(), reason.as_bytes());
+            self.wire.close(code, reason).await;
         }
     }
 
@@ -198,9 +298,9 @@ impl Session {
             if pushes.is_none() {
                 pushes = self.new_pushes.take();
             }
-            let read = if self.identity.is_none() {
-                match tokio::time::timeout(HELLO_TIMEOUT, self.recv.read_chunk(READ_CHUNK_BYTES, true)).await {
-                    Ok(read) => read,
+            let inbound = if self.identity.is_none() {
+                match tokio::time::timeout(HELLO_TIMEOUT, self.wire.receive()).await {
+                    Ok(inbound) => inbound,
                     Err(_) => return End::Closed(close::UNAUTHENTICATED, "no hello in time"),
                 }
             } else {
@@ -217,46 +317,40 @@ impl Session {
                             None => return End::Gone,
                         }
                     }
-                    read = self.recv.read_chunk(READ_CHUNK_BYTES, true) => read,
+                    inbound = self.wire.receive() => inbound,
                 }
             };
-            let chunk = match read {
-                Ok(Some(chunk)) => chunk.bytes,
-                Ok(None) | Err(_) => return End::Gone,
+            let frames = match inbound {
+                Inbound::Frames(frames) => frames,
+                Inbound::Gone => return End::Gone,
             };
-            if let Err(end) = Box::pin(self.take_bytes(&chunk)).await {
+            if let Err(end) = Box::pin(self.take_frames(frames)).await {
                 return end;
             }
         }
     }
 
-    /// Decodes and handles every frame in `bytes`.
-    async fn take_bytes(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let taken = self.decoder.push(rest);
-            rest = &rest[taken..];
-            loop {
-                match self.decoder.next_frame::<ClientFrame>() {
-                    Ok(Some(frame)) => {
-                        self.bad_frames = 0;
-                        self.handle(frame).await?;
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        self.bad_frames += 1;
-                        tracing::debug!(%error, "bad client frame");
-                        let reply = ServerFrame::Error {
-                            request_id: None,
-                            conversation: None,
-                            client_seq: None,
-                            code: error.code(),
-                            message: error.to_string(),
-                        };
-                        self.write(&reply).await?;
-                        if self.bad_frames >= BAD_FRAMES_MAX {
-                            return Err(End::Closed(close::BAD_FRAMES, "too many bad frames"));
-                        }
+    /// Handles every frame the client sent, answering each unreadable one with an error.
+    async fn take_frames(&mut self, frames: Vec<Result<ClientFrame, FrameError>>) -> Result<(), End> {
+        for frame in frames {
+            match frame {
+                Ok(frame) => {
+                    self.bad_frames = 0;
+                    self.handle(frame).await?;
+                }
+                Err(error) => {
+                    self.bad_frames += 1;
+                    tracing::debug!(%error, "bad client frame");
+                    let reply = ServerFrame::Error {
+                        request_id: None,
+                        conversation: None,
+                        client_seq: None,
+                        code: error.code(),
+                        message: error.to_string(),
+                    };
+                    self.write(&reply).await?;
+                    if self.bad_frames >= BAD_FRAMES_MAX {
+                        return Err(End::Closed(close::BAD_FRAMES, "too many bad frames"));
                     }
                 }
             }
@@ -309,6 +403,14 @@ impl Session {
                     return Ok(());
                 }
                 self.relist().await
+            }
+            Push::Typing { conversation, user, active } => {
+                // A user's own typing is not news to their other devices.
+                let own = self.identity.as_ref().is_some_and(|(me, _)| *me == user);
+                if own || !self.delivered.contains_key(&conversation) {
+                    return Ok(());
+                }
+                self.write(&ServerFrame::Typing { conversation, user, active }).await
             }
         }
     }
@@ -383,12 +485,7 @@ impl Session {
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let mut bytes = Vec::new();
-        if let Err(error) = encode_frame(frame, &mut bytes) {
-            tracing::warn!(%error, "dropping an unencodable server frame");
-            return Ok(());
-        }
-        self.send.write_all(&bytes).await.map_err(|_| End::Gone)
+        self.wire.send(frame).await.map_err(|()| End::Gone)
     }
 
     async fn reply_error(
@@ -498,9 +595,54 @@ impl Session {
                 };
                 self.answer(&frame, reply).await
             }
-            ClientFrame::Typing { .. } | ClientFrame::Presence { .. } => {
-                self.reply_error(&frame, ErrorCode::InvalidArgument, "typing and presence are not served yet").await
+            ClientFrame::Typing { conversation, active } => {
+                // Followed conversations are the user's; typing is never stored, only relayed.
+                if !self.delivered.contains_key(conversation) {
+                    let message = format!("{user} does not follow {conversation} in this session");
+                    return self.reply_error(&frame, ErrorCode::NotMember, message).await;
+                }
+                if *active {
+                    self.typing.insert(*conversation);
+                } else {
+                    self.typing.remove(conversation);
+                }
+                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
+                self.edge.cluster.relay(shard, Push::Typing { conversation: *conversation, user, active: *active });
+                Ok(())
             }
+            ClientFrame::Presence { .. } => {
+                self.reply_error(&frame, ErrorCode::InvalidArgument, "presence is not served yet").await
+            }
+            ClientFrame::Settings { request_id, presence_privacy } => {
+                let reply = self.settings(&user, request_id, *presence_privacy).await;
+                self.answer(&frame, reply).await
+            }
+        }
+    }
+
+    /// Stores the user's settings on their user shard (keeping what the frame does not set)
+    /// and answers with what was stored.
+    async fn settings(
+        &mut self,
+        user: &UserId,
+        request_id: &str,
+        presence_privacy: PresencePrivacy,
+    ) -> Result<ServerFrame, (ErrorCode, String)> {
+        let cluster = &self.edge.cluster;
+        let shard = shard_of_user(user, cluster.config().shards);
+        let mut settings = match cluster.read(shard, Query::User { user: user.clone() }).await {
+            Ok(QueryResult::User(record)) => record.settings,
+            Ok(other) => return Err((ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+            Err(error) => return Err(unavailable(error)),
+        };
+        settings.presence_privacy = presence_privacy;
+        match cluster.propose(shard, Command::SetSettings { user: user.clone(), settings: settings.clone() }).await {
+            Ok(Response::Rejected(error)) => Err((error.code(), error.to_string())),
+            Ok(_) => Ok(ServerFrame::Settings {
+                request_id: request_id.to_owned(),
+                presence_privacy: settings.presence_privacy,
+            }),
+            Err(error) => Err(unavailable(error)),
         }
     }
 
@@ -537,10 +679,20 @@ impl Session {
 
     async fn hello(&mut self, frame: ClientFrame) -> Result<(), End> {
         let ClientFrame::Hello { device, resume, token } = &frame else { unreachable!("called for hello") };
-        let user = match self.edge.tokens.verify(token.as_deref().unwrap_or(""), self.edge.now_seconds()) {
+        // A browser transport authenticated the HTTP request; QUIC has only the hello's token.
+        let verified = match (&self.authenticated, token) {
+            (Some(user), None) => Ok(user.clone()),
+            (Some(user), Some(token)) => match self.edge.authenticate(token) {
+                Ok(same) if &same == user => Ok(same),
+                Ok(other) => Err(format!("the hello's token is for {other}, the request's for {user}")),
+                Err(error) => Err(error),
+            },
+            (None, token) => self.edge.authenticate(token.as_deref().unwrap_or("")),
+        };
+        let user = match verified {
             Ok(user) => user,
             Err(error) => {
-                self.reply_error(&frame, ErrorCode::Unauthenticated, error.to_string()).await?;
+                self.reply_error(&frame, ErrorCode::Unauthenticated, error).await?;
                 return Err(End::Closed(close::UNAUTHENTICATED, "unauthenticated"));
             }
         };
@@ -583,7 +735,7 @@ impl Session {
 
     /// The user's conversation list (what the session tracks of it) and its conversations as
     /// `welcome` lists them.
-    async fn conversations(&self, user: &UserId) -> Result<(Listing, Vec<ConversationSummary>), ClusterError> {
+    async fn conversations(&mut self, user: &UserId) -> Result<(Listing, Vec<ConversationSummary>), ClusterError> {
         let cluster = &self.edge.cluster;
         let shards = cluster.config().shards;
         let ids =
@@ -642,7 +794,7 @@ impl Session {
     }
 
     async fn create(
-        &self,
+        &mut self,
         creator: &UserId,
         request_id: &str,
         members: &[UserId],

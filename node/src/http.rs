@@ -14,16 +14,21 @@ use natter_raft::command::Command;
 use natter_raft::placement::ShardId;
 
 use crate::cluster::Cluster;
+use crate::web::Web;
 
-/// The operator routes.
-pub fn router(cluster: Arc<Cluster>) -> Router {
-    Router::new()
+/// The operator routes, and the browser routes of [`crate::web`] when the node serves clients.
+pub fn router(cluster: Arc<Cluster>, web: Option<Arc<Web>>) -> Router {
+    let operator = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/admin/cluster", get(admin_cluster))
         .route("/v1/admin/probe", post(admin_probe))
-        .with_state(cluster)
+        .with_state(cluster);
+    match web {
+        Some(web) => operator.merge(crate::web::router(web)),
+        None => operator,
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -101,15 +106,23 @@ async fn admin_probe(State(cluster): State<Arc<Cluster>>, Query(query): Query<Pr
     (status, Json(serde_json::json!({ "node": cluster.config().node_id, "results": results }))).into_response()
 }
 
-/// Binds `addr` and serves until `stop` resolves.
+/// Binds `addr` and serves until `stop` resolves; then browser sessions end, and the server
+/// finishes the requests in flight.
 pub async fn serve(
     addr: SocketAddr,
     cluster: Arc<Cluster>,
+    web: Option<Arc<Web>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(cluster);
+    let app = router(cluster, web.clone());
+    let stop = async move {
+        stop.await;
+        if let Some(web) = web {
+            web.stop();
+        }
+    };
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(%error, "http server failed");

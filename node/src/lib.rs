@@ -22,6 +22,7 @@ pub mod network;
 pub mod rpc;
 pub mod tls;
 pub mod transport;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -112,14 +113,16 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
     };
     let (clock, ids) = (env.clock.clone(), env.entropy.rng("conversation-ids"));
     let cluster = Cluster::start(config, env, transport.clone()).await?;
+    let mut web = None;
     if let Some(tokens) = tokens {
         let edge = edge::ClientEdge::new(cluster.clone(), tokens, clock, ids);
-        transport.serve_clients(Arc::new(edge::EdgeHandler(edge)));
+        transport.serve_clients(Arc::new(edge::EdgeHandler(edge.clone())));
+        web = Some(web::Web::new(edge));
     }
     let (mut http_addr, mut stop_http, mut http_task) = (None, None, None);
     if serve_http {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr, task) = http::serve(me.http_addr, cluster.clone(), async move {
+        let (addr, task) = http::serve(me.http_addr, cluster.clone(), web, async move {
             let _ = stopped.await;
         })
         .await?;

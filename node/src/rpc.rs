@@ -104,6 +104,14 @@ pub enum PeerRequest {
         /// What to hand to the sessions.
         push: Push,
     },
+    /// To the shard's leader: an ephemeral push (typing) to fan out to the interested nodes,
+    /// as committed pushes are, without storing it.
+    Relay {
+        /// The shard whose leader knows who is interested.
+        shard: ShardId,
+        /// What to fan out.
+        push: Push,
+    },
 }
 
 impl PeerRequest {
@@ -119,7 +127,8 @@ impl PeerRequest {
             | Self::ReadIndex { shard }
             | Self::Read { shard, .. }
             | Self::Interest { shard, .. }
-            | Self::Deliver { shard, .. } => *shard,
+            | Self::Deliver { shard, .. }
+            | Self::Relay { shard, .. } => *shard,
         }
     }
 }

@@ -55,7 +55,8 @@ use std::time::Duration;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::limits::OUTSTANDING_SENDS_MAX;
 use natter_proto::{
-    ClientFrame, ConversationId, ConversationSummary, DeviceId, ErrorCode, MessageRecord, PresenceStatus, UserId,
+    ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId, ErrorCode, MessageRecord,
+    PresencePrivacy, PresenceStatus, UserId,
 };
 use natter_raft::canary::{self, Canary};
 use rand::Rng;
@@ -344,6 +345,7 @@ enum Command {
         request: Request,
         reply: oneshot::Sender<Result<Reply, ClientError>>,
     },
+    Signal(ClientFrame),
     Reconnect,
     Close {
         done: oneshot::Sender<()>,
@@ -481,7 +483,7 @@ impl Client {
         let ClientFrame::CreateConversation { members, title, .. } = check else { unreachable!("built above") };
         match self.request(Request::Create { members, title }).await? {
             Reply::Conversation(info) => Ok(info),
-            Reply::History(_) => unreachable!("a create is answered by a conversation"),
+            Reply::History(_) | Reply::Settings(_) => unreachable!("a create is answered by a conversation"),
         }
     }
 
@@ -497,8 +499,37 @@ impl Client {
         ClientFrame::History { request_id: "r".into(), conversation, before, limit }.validate()?;
         match self.request(Request::History { conversation, before, limit }).await? {
             Reply::History(messages) => Ok(messages),
-            Reply::Conversation(_) => unreachable!("a history request is answered by history"),
+            Reply::Conversation(_) | Reply::Settings(_) => unreachable!("a history request is answered by history"),
         }
+    }
+
+    /// Sets who may see the user's presence and last-seen; returns the stored value.
+    pub async fn set_presence_privacy(
+        &self,
+        presence_privacy: PresencePrivacy,
+    ) -> Result<PresencePrivacy, ClientError> {
+        match self.request(Request::Settings { presence_privacy }).await? {
+            Reply::Settings(stored) => Ok(stored),
+            Reply::Conversation(_) | Reply::History(_) => unreachable!("settings are answered by settings"),
+        }
+    }
+
+    /// Tells the conversation's other members this user started (`true`) or stopped typing.
+    /// Ephemeral: sent if connected, else dropped; renew it within `TYPING_TTL_MS` while
+    /// typing goes on.
+    pub async fn typing(&self, conversation: ConversationId, active: bool) -> Result<(), ClientError> {
+        self.signal(ClientFrame::Typing { conversation, active }).await
+    }
+
+    /// Sets this device's presence (active or away) and the user's custom text.
+    pub async fn set_presence(&self, status: ActivityStatus, custom: Option<String>) -> Result<(), ClientError> {
+        let frame = ClientFrame::Presence { status, custom };
+        frame.validate()?;
+        self.signal(frame).await
+    }
+
+    async fn signal(&self, frame: ClientFrame) -> Result<(), ClientError> {
+        self.commands.send(Command::Signal(frame)).await.map_err(|_| ClientError::Closed)
     }
 
     /// The next event, or `None` once the client is closed or gave up reconnecting.
@@ -743,6 +774,10 @@ impl Task {
             None => Some(End::Close(None)),
             Some(Command::Close { done }) => Some(End::Close(Some(done))),
             Some(Command::Reconnect) => Some(End::Dropped("reconnect requested".into())),
+            Some(Command::Signal(frame)) => {
+                self.core.submit_signal(frame);
+                None
+            }
             Some(Command::Send { conversation, body, reply, slot }) => {
                 let client_seq = match self.shared.lock().take_client_seq() {
                     Ok(client_seq) => client_seq,

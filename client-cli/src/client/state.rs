@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use natter_proto::limits::{HISTORY_PAGE_MAX, OUTSTANDING_SENDS_MAX};
-use natter_proto::{ClientFrame, ConversationId, ConversationSummary, ErrorCode, MessageRecord, ServerFrame, UserId};
+use natter_proto::{
+    ClientFrame, ConversationId, ConversationSummary, ErrorCode, MessageRecord, PresencePrivacy, ServerFrame, UserId,
+};
 use natter_raft::canary::{self, Canary};
 
 use super::error::ClientError;
@@ -39,6 +41,8 @@ pub(crate) enum Reply {
     Conversation(ConversationInfo),
     /// `history` → `history`.
     History(Vec<MessageRecord>),
+    /// `settings` → `settings`: the privacy stored.
+    Settings(PresencePrivacy),
 }
 
 /// A finished request, for the shell to hand to whoever waits for it.
@@ -57,6 +61,8 @@ pub(crate) enum Request {
     Create { members: Vec<UserId>, title: Option<String> },
     /// A page of history.
     History { conversation: ConversationId, before: Option<u64>, limit: u32 },
+    /// Store the user's settings.
+    Settings { presence_privacy: PresencePrivacy },
 }
 
 #[derive(Debug)]
@@ -319,6 +325,20 @@ impl Core {
                 self.handle_error(request_id, conversation, client_seq, code, message, now);
             }
             ServerFrame::Pong { .. } => {}
+            ServerFrame::Settings { request_id, presence_privacy } => {
+                if self.requests.remove(&request_id).is_some() {
+                    let result = Ok(Reply::Settings(presence_privacy));
+                    self.completions.push_back(Completion::Request { request_id, result });
+                }
+            }
+        }
+    }
+
+    /// An ephemeral signal (typing, presence): sent now if connected, else dropped, as a
+    /// stale signal would only mislead.
+    pub(crate) fn submit_signal(&mut self, frame: ClientFrame) {
+        if self.connected {
+            self.transmit.push_back(frame);
         }
     }
 
@@ -566,6 +586,9 @@ fn request_frame(request_id: &str, request: &Request) -> ClientFrame {
             before: *before,
             limit: *limit,
         },
+        Request::Settings { presence_privacy } => {
+            ClientFrame::Settings { request_id: request_id.to_owned(), presence_privacy: *presence_privacy }
+        }
     }
 }
 

@@ -1,0 +1,509 @@
+//! The browser edge on real (in-process) nodes: WebSocket, SSE and long-poll each pass the
+//! same conversation test as QUIC (a conversation created and joined live across nodes,
+//! sends delivered once and in order, resume after a dropped connection with no gap and no
+//! duplicate, bad frames answered with typed errors), and HTTP-level bad input (no token, a
+//! forged one, someone else's session) is refused with typed errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use natter_node::config::{Config, NodeAddress};
+use natter_node::env::NodeEnv;
+use natter_proto::frames::{ClientFrame, PresencePrivacy, ServerFrame};
+use natter_proto::json::{decode_server, encode_client};
+use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
+use natter_raft::types::Runtime;
+use natter_raft::Durability;
+use rand::SeedableRng;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+/// How long a test waits for any one frame.
+const FRAME_WAIT: Duration = Duration::from_secs(5);
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    http: Vec<SocketAddr>,
+    handles: Vec<natter_node::NodeHandle>,
+}
+
+impl Cluster {
+    async fn shutdown(self) {
+        for handle in self.handles {
+            handle.shutdown().await;
+        }
+    }
+}
+
+/// `count` nodes in this process serving HTTP on loopback, 8 shards, all ready.
+async fn start_cluster(count: u64) -> Cluster {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let ids: Vec<u64> = (1..=count).collect();
+    natter_node::tls::write_cluster_certs(&dir.path().join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(4))
+        .unwrap();
+    let addresses: Vec<NodeAddress> = ids
+        .iter()
+        .map(|&id| NodeAddress {
+            id,
+            peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for &id in &ids {
+        let config = Config {
+            proposal_timeout_ms: 5_000,
+            jwt_secret: Some(SECRET.into()),
+            ..Config::cluster_member(id, &addresses, 8, dir.path())
+        };
+        let mut env = NodeEnv::production(config.data_dir.clone());
+        env.durability = Durability::NoSync;
+        handles.push(natter_node::run_node(config, env).await.unwrap());
+    }
+    for handle in &handles {
+        while !handle.cluster().is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let http = handles.iter().map(|handle| handle.http_addr().expect("http is on")).collect();
+    Cluster { _dir: dir, http, handles }
+}
+
+fn token(user: &str) -> String {
+    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    key.issue(&UserId::new(user).unwrap(), now, 3600)
+}
+
+fn run<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(Runtime::scope(6, future))
+}
+
+/// One HTTP/1.0 request; the whole response as (status, headers, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("{method} {target} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    Sse,
+    Poll,
+}
+
+/// A browser's connection, whichever transport carries it. Server frames arrive on `frames`
+/// from a reader task; each carries its event id for SSE and poll (0 for WebSocket).
+struct Browser {
+    transport: Transport,
+    addr: SocketAddr,
+    user: String,
+    /// The HTTP session (SSE and poll).
+    session: Option<String>,
+    ws: Option<
+        futures::stream::SplitSink<
+            tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+            Message,
+        >,
+    >,
+    frames: mpsc::UnboundedReceiver<(u64, ServerFrame)>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    /// The last event id handed to the test.
+    last_event: u64,
+    /// Messages seen while waiting for something else.
+    messages: Vec<natter_proto::MessageRecord>,
+}
+
+impl Browser {
+    /// Connects and says hello with `resume`; returns the client and its `welcome`.
+    async fn hello(
+        transport: Transport,
+        addr: SocketAddr,
+        user: &str,
+        resume: BTreeMap<ConversationId, u64>,
+    ) -> (Browser, ServerFrame) {
+        let mut browser = Browser::connect(transport, addr, user).await;
+        browser.send(&ClientFrame::Hello { device: DeviceId::new("web-1").unwrap(), resume, token: None }).await;
+        let welcome = browser.next().await.expect("a welcome");
+        (browser, welcome)
+    }
+
+    async fn connect(transport: Transport, addr: SocketAddr, user: &str) -> Browser {
+        let (sender, frames) = mpsc::unbounded_channel();
+        let mut browser = Browser {
+            transport,
+            addr,
+            user: user.to_owned(),
+            session: None,
+            ws: None,
+            frames,
+            reader: None,
+            last_event: 0,
+            messages: Vec::new(),
+        };
+        match transport {
+            Transport::WebSocket => {
+                let url = format!("ws://{addr}/v1/ws?token={}", token(user));
+                let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                let (sink, mut stream) = socket.split();
+                browser.ws = Some(sink);
+                browser.reader = Some(tokio::spawn(async move {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if let Message::Text(text) = message {
+                            let _ = sender.send((0, decode_server(text.as_str()).expect("server frames decode")));
+                        }
+                    }
+                }));
+            }
+            Transport::Sse | Transport::Poll => {
+                let (status, _, body) =
+                    http(addr, "POST", &format!("/v1/sessions?token={}", token(user)), &[], "").await;
+                assert_eq!(status, 200, "{body}");
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                browser.session = Some(answer["session"].as_str().unwrap().to_owned());
+                browser.start_reader(0, sender);
+            }
+        }
+        browser
+    }
+
+    /// Starts reading the HTTP session's frames after event `after`.
+    fn start_reader(&mut self, after: u64, sender: mpsc::UnboundedSender<(u64, ServerFrame)>) {
+        let (addr, session, user) = (self.addr, self.session.clone().unwrap(), self.user.clone());
+        self.reader = Some(match self.transport {
+            Transport::Sse => tokio::spawn(read_events(addr, session, user, after, sender)),
+            Transport::Poll => tokio::spawn(read_polls(addr, session, user, after, sender)),
+            Transport::WebSocket => unreachable!("websockets read their socket"),
+        });
+    }
+
+    async fn send_text(&mut self, text: String) {
+        match self.transport {
+            Transport::WebSocket => self.ws.as_mut().unwrap().send(Message::Text(text.into())).await.unwrap(),
+            Transport::Sse | Transport::Poll => {
+                let target = format!("/v1/send?session={}&token={}", self.session.as_ref().unwrap(), token(&self.user));
+                let (status, _, body) = http(self.addr, "POST", &target, &[], &text).await;
+                assert_eq!(status, 202, "{body}");
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: &ClientFrame) {
+        self.send_text(encode_client(frame)).await;
+    }
+
+    /// The next server frame, or `None` if none comes in time.
+    async fn next(&mut self) -> Option<ServerFrame> {
+        let (id, frame) = tokio::time::timeout(FRAME_WAIT, self.frames.recv()).await.ok().flatten()?;
+        if self.transport != Transport::WebSocket {
+            assert_eq!(id, self.last_event + 1, "event ids are consecutive, none repeated");
+            self.last_event = id;
+        }
+        Some(frame)
+    }
+
+    /// Sends `frame` and returns the first answer that is not a pushed `message`.
+    async fn request(&mut self, frame: &ClientFrame) -> ServerFrame {
+        self.send(frame).await;
+        self.answer().await
+    }
+
+    /// The next frame that is not a pushed `message`.
+    async fn answer(&mut self) -> ServerFrame {
+        loop {
+            match self.next().await.expect("an answer") {
+                ServerFrame::Message(message) => self.messages.push(message),
+                answer => return answer,
+            }
+        }
+    }
+
+    /// Reads until `count` messages arrived in all; their (seq, body).
+    async fn wait_messages(&mut self, count: usize) -> Vec<(u64, String)> {
+        while self.messages.len() < count {
+            match self.next().await {
+                Some(ServerFrame::Message(message)) => self.messages.push(message),
+                Some(ServerFrame::Receipt { .. }) => {}
+                Some(other) => panic!("expected a message, got {other:?}"),
+                None => break,
+            }
+        }
+        self.messages.iter().map(|message| (message.seq, message.body.clone())).collect()
+    }
+
+    /// Drops the connection (the reader and, for WebSocket, the socket) without a goodbye.
+    async fn drop_connection(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+            let _ = reader.await;
+        }
+        self.ws = None;
+    }
+
+    /// For SSE and poll: reads the same session again from the last event the test saw.
+    fn reattach(&mut self) {
+        let (sender, frames) = mpsc::unbounded_channel();
+        self.frames = frames;
+        self.start_reader(self.last_event, sender);
+    }
+}
+
+/// Streams `GET /v1/events` and forwards each event; resumes after `after` (`Last-Event-ID`).
+async fn read_events(
+    addr: SocketAddr,
+    session: String,
+    user: String,
+    after: u64,
+    sender: mpsc::UnboundedSender<(u64, ServerFrame)>,
+) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/events?session={session} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: {after}\r\n\r\n",
+        token(&user)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let status = lines.next_line().await.unwrap().unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    // Headers end at the first empty line.
+    while !lines.next_line().await.unwrap().unwrap().is_empty() {}
+    let mut id = 0;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(value) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) {
+            id = value.trim().parse().unwrap();
+        } else if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+            let _ = sender.send((id, decode_server(data).expect("server frames decode")));
+        }
+    }
+}
+
+/// Long-polls `GET /v1/poll` from `after` on, forwarding each frame with its id.
+async fn read_polls(
+    addr: SocketAddr,
+    session: String,
+    user: String,
+    mut after: u64,
+    sender: mpsc::UnboundedSender<(u64, ServerFrame)>,
+) {
+    loop {
+        let target = format!("/v1/poll?session={session}&after={after}&token={}", token(&user));
+        let (status, _, body) = http(addr, "GET", &target, &[], "").await;
+        if status != 200 {
+            return;
+        }
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let frames = answer["frames"].as_array().unwrap();
+        let next = answer["next"].as_u64().unwrap();
+        for (offset, frame) in frames.iter().enumerate() {
+            let id = next - (frames.len() - 1 - offset) as u64;
+            let _ = sender.send((id, decode_server(&frame.to_string()).expect("server frames decode")));
+        }
+        after = next;
+    }
+}
+
+fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
+    match frame {
+        ServerFrame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn send(conversation: ConversationId, client_seq: u64, body: &str) -> ClientFrame {
+    ClientFrame::Send { conversation, client_seq, body: body.into() }
+}
+
+/// The conversation test every transport passes: alice on node 1 creates a conversation with
+/// bob, who is on node 2 and joins it live; sends are acknowledged after commit and delivered
+/// once, in order; bob drops his connection, misses messages, and gets exactly those after
+/// he comes back; bad frames get typed errors and the session lives on.
+async fn conversation_test(transport: Transport) {
+    let cluster = start_cluster(2).await;
+    let (node1, node2) = (cluster.http[0], cluster.http[1]);
+    let (mut alice, welcome) = Browser::hello(transport, node1, "alice", BTreeMap::new()).await;
+    assert!(matches!(welcome, ServerFrame::Welcome { ref user, .. } if user.as_str() == "alice"), "{welcome:?}");
+    let (mut bob, _) = Browser::hello(transport, node2, "bob", BTreeMap::new()).await;
+
+    let create = ClientFrame::CreateConversation {
+        request_id: "r1".into(),
+        members: vec![UserId::new("bob").unwrap()],
+        title: Some("plans".into()),
+    };
+    let created = alice.request(&create).await;
+    let ServerFrame::Conversation { id: conversation, request_id, .. } = created else { panic!("{created:?}") };
+    assert_eq!(request_id.as_deref(), Some("r1"));
+    let joined = bob.next().await.expect("bob hears of the conversation");
+    assert!(
+        matches!(joined, ServerFrame::Conversation { id, request_id: None, .. } if id == conversation),
+        "{joined:?}"
+    );
+
+    for (client_seq, body) in [(1, "one"), (2, "two"), (3, "three")] {
+        let answer = alice.request(&send(conversation, client_seq, body)).await;
+        assert!(matches!(answer, ServerFrame::SendOk { seq, .. } if seq == client_seq), "{answer:?}");
+    }
+    // A resend of a client_seq is answered with the original seq and appends nothing.
+    let resent = alice.request(&send(conversation, 2, "two")).await;
+    assert!(matches!(resent, ServerFrame::SendOk { seq: 2, .. }), "{resent:?}");
+    let expected: Vec<(u64, String)> = [(1, "one"), (2, "two"), (3, "three")].map(|(s, b)| (s, b.to_owned())).to_vec();
+    assert_eq!(bob.wait_messages(3).await, expected);
+
+    // Typing is relayed to the other member's node, and never to the typist.
+    alice.send(&ClientFrame::Typing { conversation, active: true }).await;
+    let typing = bob.answer().await;
+    let alice_id = UserId::new("alice").unwrap();
+    assert_eq!(typing, ServerFrame::Typing { conversation, user: alice_id.clone(), active: true });
+    alice.send(&ClientFrame::Typing { conversation, active: false }).await;
+    assert_eq!(bob.answer().await, ServerFrame::Typing { conversation, user: alice_id, active: false });
+    // Settings are stored on the user's shard and echoed.
+    let settings = ClientFrame::Settings { request_id: "s1".into(), presence_privacy: PresencePrivacy::Contacts };
+    let stored = alice.request(&settings).await;
+    assert_eq!(stored, ServerFrame::Settings { request_id: "s1".into(), presence_privacy: PresencePrivacy::Contacts });
+
+    // Bob's connection drops; alice sends two more; bob comes back and gets exactly those.
+    bob.drop_connection().await;
+    for (client_seq, body) in [(4, "four"), (5, "five")] {
+        let answer = alice.request(&send(conversation, client_seq, body)).await;
+        assert!(matches!(answer, ServerFrame::SendOk { seq, .. } if seq == client_seq), "{answer:?}");
+    }
+    let mut bob = if transport == Transport::WebSocket {
+        // A new socket is a new session: bob resumes from his cursor.
+        let (bob, welcome) = Browser::hello(transport, node2, "bob", BTreeMap::from([(conversation, 3)])).await;
+        assert!(matches!(welcome, ServerFrame::Welcome { .. }), "{welcome:?}");
+        bob
+    } else {
+        // The HTTP session outlived the request: reading it again from the last event seen
+        // gives what was missed, without a new hello.
+        bob.reattach();
+        bob
+    };
+    bob.messages.clear();
+    let caught_up = bob.wait_messages(2).await;
+    assert_eq!(caught_up, vec![(4, "four".to_owned()), (5, "five".to_owned())]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                match bob.next().await {
+                    Some(ServerFrame::Message(message)) => return message,
+                    Some(_) => continue,
+                    None => std::future::pending().await,
+                }
+            }
+        })
+        .await
+        .is_err(),
+        "no duplicate after the resume"
+    );
+
+    // Bad input: typed errors, and the session lives on.
+    alice.send_text("not json".into()).await;
+    let answer = alice.answer().await;
+    assert_eq!(error_code(&answer), Some(ErrorCode::BadFrame), "{answer:?}");
+    alice.send_text(r#"{"type":"launch_rockets"}"#.into()).await;
+    assert_eq!(error_code(&alice.answer().await), Some(ErrorCode::BadFrame));
+    let huge = alice.request(&send(conversation, 6, &"x".repeat(70 * 1024))).await;
+    assert_eq!(error_code(&huge), Some(ErrorCode::TooLarge), "{huge:?}");
+    let stranger = ConversationId::from_bytes([9; 16]);
+    let refused = alice.request(&send(stranger, 7, "hello?")).await;
+    assert_eq!(error_code(&refused), Some(ErrorCode::NotMember), "{refused:?}");
+    let pong = alice.request(&ClientFrame::Ping { nonce: 42 }).await;
+    assert_eq!(pong, ServerFrame::Pong { nonce: 42 });
+
+    alice.drop_connection().await;
+    bob.drop_connection().await;
+    cluster.shutdown().await;
+}
+
+#[test]
+fn websocket_passes_the_conversation_test() {
+    run(conversation_test(Transport::WebSocket));
+}
+
+#[test]
+fn sse_passes_the_conversation_test() {
+    run(conversation_test(Transport::Sse));
+}
+
+#[test]
+fn long_poll_passes_the_conversation_test() {
+    run(conversation_test(Transport::Poll));
+}
+
+#[test]
+fn an_http_session_resumes_by_cursor_when_its_events_are_gone() {
+    run(async {
+        let cluster = start_cluster(1).await;
+        let node = cluster.http[0];
+        let (mut alice, _) = Browser::hello(Transport::Sse, node, "alice", BTreeMap::new()).await;
+        let create = ClientFrame::CreateConversation {
+            request_id: "r".into(),
+            members: vec![UserId::new("bob").unwrap()],
+            title: None,
+        };
+        let ServerFrame::Conversation { id: conversation, .. } = alice.request(&create).await else { panic!() };
+        let ok = alice.request(&send(conversation, 1, "first")).await;
+        assert!(matches!(ok, ServerFrame::SendOk { seq: 1, .. }), "{ok:?}");
+
+        // A poll that repeats `after` (its answer was lost) gets the same frames again.
+        let session = alice.session.clone().unwrap();
+        alice.drop_connection().await;
+        let target = format!("/v1/poll?session={session}&after=0&wait_ms=100&token={}", token("alice"));
+        let (_, _, first) = http(node, "GET", &target, &[], "").await;
+        let (_, _, again) = http(node, "GET", &target, &[], "").await;
+        assert_eq!(first, again, "nothing acknowledged, nothing lost");
+        assert!(first.contains(r#""type":"welcome""#), "{first}");
+
+        // Bob cannot read alice's session, and a bad or missing token is refused.
+        let stolen = format!("/v1/poll?session={session}&after=0&wait_ms=100&token={}", token("bob"));
+        let (status, _, body) = http(node, "GET", &stolen, &[], "").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains(r#""code":"not_found""#), "{body}");
+        let (status, _, body) = http(node, "GET", &format!("/v1/poll?session={session}"), &[], "").await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains(r#""code":"unauthenticated""#), "{body}");
+        let forged = format!("{}x", token("alice"));
+        let (status, _, _) =
+            http(node, "POST", "/v1/sessions", &[("Authorization", &format!("Bearer {forged}"))], "").await;
+        assert_eq!(status, 401);
+        let (status, _, body) = http(node, "GET", "/v1/ws", &[], "").await;
+        assert!(status == 401 || status == 400, "{status} {body}");
+        cluster.shutdown().await;
+    });
+}
+
+#[test]
+fn the_web_client_is_served_at_the_root() {
+    run(async {
+        let cluster = start_cluster(1).await;
+        let (status, head, body) = http(cluster.http[0], "GET", "/", &[], "").await;
+        assert_eq!(status, 200);
+        assert!(head.to_ascii_lowercase().contains("content-type: text/html"), "{head}");
+        assert!(body.contains("<html") && body.contains("/v1/ws"), "the page talks to the websocket edge");
+        cluster.shutdown().await;
+    });
+}
