@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use natter_proto::{ConversationId, MessageRecord, UserId};
+use natter_proto::{ActivityStatus, ConversationId, MessageRecord, UserId};
 use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, CursorMove, Response};
-use natter_raft::placement::{replicas, ShardId};
+use natter_raft::placement::{replicas, shard_of_user, ShardId};
 use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
 use natter_raft::types::{NodeId, NodeInfo, Raft, SnapshotMeta};
@@ -25,6 +25,7 @@ use crate::delivery::{Deliveries, Listing, Push, Topic, INTEREST_REFRESH};
 use crate::env::{Clock, NodeEnv};
 use crate::metrics::Metrics;
 use crate::network::{Router, ShardNetworkFactory};
+use crate::presence::{LocalBoard, LocalPresence, PresenceBoard};
 use crate::rpc::{PeerRequest, PeerResponse};
 use crate::transport::{PeerHandler, PeerState, Transport};
 
@@ -133,6 +134,14 @@ pub struct Cluster {
     acks: Mutex<AckBatcher>,
     /// Wakes the ack flusher when the first move of a round arrives.
     acks_added: tokio::sync::Notify,
+    /// This node's sessions' presence, reported to user shards' leaders.
+    local_presence: Mutex<LocalBoard>,
+    /// Wakes the presence reporter when a session's presence changed.
+    local_presence_changed: tokio::sync::Notify,
+    /// As a user shard's leader: every node's reports, aggregated.
+    presence_board: Mutex<PresenceBoard>,
+    /// Wakes the presence announcer when a report arrived.
+    presence_board_changed: tokio::sync::Notify,
     clock: Arc<dyn Clock>,
 }
 
@@ -189,6 +198,10 @@ impl Cluster {
             deliveries: Arc::new(Deliveries::default()),
             acks: Mutex::new(AckBatcher::default()),
             acks_added: tokio::sync::Notify::new(),
+            local_presence: Mutex::new(LocalBoard::new()),
+            local_presence_changed: tokio::sync::Notify::new(),
+            presence_board: Mutex::new(PresenceBoard::new()),
+            presence_board_changed: tokio::sync::Notify::new(),
             clock: env.clock.clone(),
         });
         // Serve peers before initialising: a group's first membership entry commits only once a
@@ -209,6 +222,10 @@ impl Cluster {
         crate::spawn(async move { refresher.refresh_interest().await });
         let flusher = cluster.clone();
         crate::spawn(async move { flusher.flush_acks().await });
+        let reporter = cluster.clone();
+        crate::spawn(async move { reporter.report_presence().await });
+        let announcer = cluster.clone();
+        crate::spawn(async move { announcer.announce_presence().await });
         Ok(cluster)
     }
 
@@ -396,6 +413,19 @@ impl Cluster {
                         let digest = Listing::new(reader.user_conversations(txn, user)?).digest();
                         progress.push(Push::Listing { user: user.clone(), digest });
                     }
+                    Topic::Presence(user) => {
+                        // Every refresh carries where each watched user stands, so a lost
+                        // presence push is corrected within a refresh; sessions drop repeats.
+                        let record = reader.user(txn, user)?;
+                        let (status, custom) = self.presence_board.lock().expect("board lock").status(user);
+                        progress.push(Push::Presence {
+                            user: user.clone(),
+                            status,
+                            last_seen: record.last_seen,
+                            custom,
+                            privacy: record.settings.presence_privacy,
+                        });
+                    }
                 }
             }
             Ok(progress)
@@ -447,6 +477,136 @@ impl Cluster {
     fn push(&self, shard: ShardId, push: Push) {
         for node in self.deliveries.interested(&push.topic(), self.clock.now()) {
             self.push_to(node, shard, push.clone());
+        }
+    }
+
+    /// A session authenticated as `user` (presence counts it as a device).
+    pub fn presence_open(&self, session: u64, user: UserId) {
+        self.local_presence.lock().expect("presence lock").handle_open(session, user, self.clock.now());
+        self.local_presence_changed.notify_one();
+    }
+
+    /// A session's explicit `presence` frame.
+    pub fn presence_activity(&self, session: u64, status: ActivityStatus, custom: Option<String>) {
+        self.local_presence.lock().expect("presence lock").handle_activity(session, status, custom, self.clock.now());
+        self.local_presence_changed.notify_one();
+    }
+
+    /// Any other frame from a session: its device is in use.
+    pub fn presence_frame(&self, session: u64) {
+        self.local_presence.lock().expect("presence lock").handle_frame(session, self.clock.now());
+        self.local_presence_changed.notify_one();
+    }
+
+    /// A session ended.
+    pub fn presence_close(&self, session: u64) {
+        self.local_presence.lock().expect("presence lock").handle_close(session, self.clock.now());
+        self.local_presence_changed.notify_one();
+    }
+
+    /// Reports this node's sessions' presence to each user shard's leader: changes at once,
+    /// everything every `PRESENCE_REPORT_INTERVAL` (so a new leader learns it). A report
+    /// that fails is repeated by the next full round.
+    async fn report_presence(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = self.config.node_id;
+        while !self.stopping.load(Relaxed) {
+            let reports = self.local_presence.lock().expect("presence lock").poll_reports(self.clock.now());
+            let mut by_shard: BTreeMap<ShardId, Vec<(UserId, LocalPresence)>> = BTreeMap::new();
+            for (user, presence) in reports {
+                by_shard.entry(shard_of_user(&user, self.config.shards)).or_default().push((user, presence));
+            }
+            for (shard, reports) in by_shard {
+                let target = self.leader_guess(shard, &self.placement[&shard]);
+                if target == me {
+                    let _ = self.presence_report_local(shard, me, reports);
+                    continue;
+                }
+                let transport = self.transport.clone();
+                let request = PeerRequest::PresenceReport { shard, node: me, reports };
+                crate::spawn(async move {
+                    let _ = transport.call(target, &request, None, INTEREST_REFRESH).await;
+                });
+            }
+            let deadline = self.local_presence.lock().expect("presence lock").poll_timeout();
+            // Checks `stopping` now and then, like the other loops.
+            let deadline = deadline.unwrap_or_else(|| self.clock.now() + INTEREST_REFRESH);
+            tokio::select! {
+                biased;
+                () = self.local_presence_changed.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Leader side of [`PeerRequest::PresenceReport`].
+    fn presence_report_local(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+        reports: Vec<(UserId, LocalPresence)>,
+    ) -> PeerResponse {
+        let Some(raft) = self.groups.get(&shard) else {
+            return PeerResponse::UnknownShard;
+        };
+        let leader = raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.config.node_id) {
+            return PeerResponse::NotLeader { leader };
+        }
+        self.presence_board.lock().expect("board lock").handle_report(node, reports, self.clock.now());
+        self.presence_board_changed.notify_one();
+        PeerResponse::Delivered
+    }
+
+    /// As a user shard's leader: announces each user's changed presence to the nodes watching
+    /// it, and stores last-seen when a user goes offline. Users of shards this node no longer
+    /// leads are dropped without a word (their new leader learns them from the next reports).
+    async fn announce_presence(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = Some(self.config.node_id);
+        while !self.stopping.load(Relaxed) {
+            let shards = self.config.shards;
+            let leads = |user: &UserId| {
+                let shard = shard_of_user(user, shards);
+                self.groups.get(&shard).is_some_and(|raft| raft.metrics().borrow_watched().current_leader == me)
+            };
+            let changes = {
+                let mut board = self.presence_board.lock().expect("board lock");
+                board.retain_shards(leads);
+                board.poll_changes(self.clock.now())
+            };
+            for change in changes {
+                let shard = shard_of_user(&change.user, shards);
+                let record =
+                    self.store.read_shard(shard, |reader, txn| reader.user(txn, &change.user)).unwrap_or_default();
+                let mut last_seen = record.last_seen;
+                if change.went_offline {
+                    let ts = self.clock.wall_ms();
+                    last_seen = Some(last_seen.map_or(ts, |seen| seen.max(ts)));
+                    let cluster = self.clone();
+                    let user = change.user.clone();
+                    crate::spawn(async move {
+                        if let Err(error) = cluster.propose(shard, Command::SetLastSeen { user, ts }).await {
+                            tracing::debug!(%shard, %error, "last-seen not stored");
+                        }
+                    });
+                }
+                let push = Push::Presence {
+                    user: change.user,
+                    status: change.status,
+                    last_seen,
+                    custom: change.custom,
+                    privacy: record.settings.presence_privacy,
+                };
+                self.push(shard, push);
+            }
+            let deadline = self.presence_board.lock().expect("board lock").poll_timeout();
+            let deadline = deadline.unwrap_or_else(|| self.clock.now() + INTEREST_REFRESH);
+            tokio::select! {
+                biased;
+                () = self.presence_board_changed.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 
@@ -788,6 +948,9 @@ impl Cluster {
         if let PeerRequest::Relay { push, .. } = request {
             return self.relay_local(shard, push);
         }
+        if let PeerRequest::PresenceReport { node, reports, .. } = request {
+            return self.presence_report_local(shard, node, reports);
+        }
         if let PeerRequest::Read { query, .. } = request {
             if !self.groups.contains_key(&shard) {
                 return PeerResponse::UnknownShard;
@@ -822,7 +985,8 @@ impl Cluster {
             | PeerRequest::Read { .. }
             | PeerRequest::Interest { .. }
             | PeerRequest::Deliver { .. }
-            | PeerRequest::Relay { .. } => unreachable!("handled above"),
+            | PeerRequest::Relay { .. }
+            | PeerRequest::PresenceReport { .. } => unreachable!("handled above"),
         }
     }
 

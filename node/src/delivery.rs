@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natter_proto::{ConversationId, MessageRecord, UserId};
+use natter_proto::{ConversationId, MessageRecord, PresencePrivacy, PresenceStatus, UserId};
 use natter_raft::placement::{shard_of_conversation, shard_of_user, ShardId};
 use natter_raft::types::NodeId;
 use tokio::sync::{mpsc, Notify};
@@ -48,6 +48,8 @@ pub enum Topic {
     Conversation(ConversationId),
     /// The conversations a user joins (on the user's shard).
     User(UserId),
+    /// A user's presence (on the user's shard, whose leader aggregates it).
+    Presence(UserId),
 }
 
 impl Topic {
@@ -55,7 +57,7 @@ impl Topic {
     pub fn shard(&self, shard_count: u32) -> ShardId {
         match self {
             Self::Conversation(conversation) => shard_of_conversation(conversation, shard_count),
-            Self::User(user) => shard_of_user(user, shard_count),
+            Self::User(user) | Self::Presence(user) => shard_of_user(user, shard_count),
         }
     }
 }
@@ -98,6 +100,20 @@ pub enum Push {
         /// The fingerprint of the list.
         digest: u64,
     },
+    /// A user's presence, from the leader of the user's shard (soft state; `last_seen` is
+    /// stored). Sessions show it to their user as `privacy` allows.
+    Presence {
+        /// Whose presence.
+        user: UserId,
+        /// Online, away or offline, over all the user's devices.
+        status: PresenceStatus,
+        /// When the user last went offline, ms since the Unix epoch.
+        last_seen: Option<u64>,
+        /// The user's custom text.
+        custom: Option<String>,
+        /// Who may see it.
+        privacy: PresencePrivacy,
+    },
     /// A member started or stopped typing: ephemeral, never stored, relayed by the
     /// conversation shard's leader to the nodes interested in the conversation.
     Typing {
@@ -119,6 +135,7 @@ impl Push {
             | Self::Behind { conversation, .. }
             | Self::Typing { conversation, .. } => Topic::Conversation(*conversation),
             Self::Joined { user, .. } | Self::Listing { user, .. } => Topic::User(user.clone()),
+            Self::Presence { user, .. } => Topic::Presence(user.clone()),
         }
     }
 }

@@ -25,7 +25,7 @@ use std::future::Future;
 use futures::future::BoxFuture;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frame_error::FrameError;
-use natter_proto::frames::{ClientFrame, ConversationSummary, PresencePrivacy, ServerFrame};
+use natter_proto::frames::{ClientFrame, ConversationSummary, PresencePrivacy, PresenceStatus, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::canary::{self, Canary};
@@ -40,6 +40,7 @@ use crate::auth::TokenKey;
 use crate::cluster::{Cluster, ClusterError};
 use crate::delivery::{Listing, Push, Topic};
 use crate::env::Clock;
+use crate::presence::Coalescer;
 use crate::transport::ClientHandler;
 
 /// How long a new connection may take to open its stream and say `hello`.
@@ -50,6 +51,8 @@ pub const BAD_FRAMES_MAX: u32 = 16;
 pub const WELCOME_CONVERSATIONS_MAX: usize = 1024;
 /// How long a closing session waits for its last frames to be acknowledged.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Users one session watches the presence of at most (the members of its conversations).
+pub const PRESENCE_WATCH_MAX: usize = 1024;
 /// Bytes read from the stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -135,10 +138,16 @@ impl ClientEdge {
             receipts: BTreeMap::new(),
             listing: Listing::default(),
             typing: BTreeSet::new(),
+            contacts: BTreeSet::new(),
+            presence_shown: BTreeMap::new(),
+            presence_pending: Coalescer::new(),
         };
         session.run().await;
         if let Some(id) = session.subscription {
             self.cluster.deliveries().close(id);
+            if session.identity.is_some() {
+                self.cluster.presence_close(id);
+            }
         }
         if let Some((user, _)) = &session.identity {
             for conversation in std::mem::take(&mut session.typing) {
@@ -271,6 +280,24 @@ struct Session<W> {
     /// Conversations this session said it is typing in and has not said it stopped: when the
     /// session ends, the others are told it stopped.
     typing: BTreeSet<ConversationId>,
+    /// Users whose presence this session watches: members of its conversations.
+    contacts: BTreeSet<UserId>,
+    /// The presence last shown per contact, so repeats (every interest refresh carries the
+    /// current presence) are not sent again.
+    presence_shown: BTreeMap<UserId, ShownPresence>,
+    /// Presence changes waiting for the once-a-second flush.
+    presence_pending: Coalescer<ShownPresence>,
+}
+
+/// A contact's presence as this session shows it: (status, last seen, custom text).
+type ShownPresence = (PresenceStatus, Option<u64>, Option<String>);
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the next push, or forever before the session subscribed.
@@ -304,8 +331,15 @@ impl<W: Wire> Session<W> {
                     Err(_) => return End::Closed(close::UNAUTHENTICATED, "no hello in time"),
                 }
             } else {
+                let flush_at = self.presence_pending.poll_timeout();
                 tokio::select! {
                     biased;
+                    () = sleep_until_some(flush_at) => {
+                        if let Err(end) = Box::pin(self.flush_presence()).await {
+                            return end;
+                        }
+                        continue;
+                    }
                     push = next_push(&mut pushes) => {
                         match push {
                             Some(push) => {
@@ -404,6 +438,24 @@ impl<W: Wire> Session<W> {
                 }
                 self.relist().await
             }
+            Push::Presence { user, status, last_seen, custom, privacy } => {
+                let Some((me, _)) = self.identity.clone() else { return Ok(()) };
+                if user == me || !self.contacts.contains(&user) {
+                    return Ok(());
+                }
+                let visible = match privacy {
+                    PresencePrivacy::Everyone => true,
+                    PresencePrivacy::Contacts => self.delivered.contains_key(&ConversationId::direct(&me, &user)),
+                    PresencePrivacy::Nobody => false,
+                };
+                let shown = if visible { (status, last_seen, custom) } else { (PresenceStatus::Offline, None, None) };
+                if self.presence_shown.get(&user) == Some(&shown) {
+                    return Ok(());
+                }
+                self.presence_shown.insert(user.clone(), shown.clone());
+                self.presence_pending.handle_update(user, shown, self.edge.clock.now());
+                self.flush_presence().await
+            }
             Push::Typing { conversation, user, active } => {
                 // A user's own typing is not news to their other devices.
                 let own = self.identity.as_ref().is_some_and(|(me, _)| *me == user);
@@ -467,11 +519,34 @@ impl<W: Wire> Session<W> {
         // Follow (subscribe) before the catch-up read: a message committed meanwhile is then
         // either in the read or in the push queue, where it is dropped as delivered.
         self.follow(conversation, 0);
+        self.watch(&view.members);
         let frame =
             ServerFrame::Conversation { id: view.id, members: view.members, title: view.title, request_id: None };
         self.write(&frame).await?;
         self.catch_up(conversation).await?;
         Ok(true)
+    }
+
+    /// Sends the presence changes the coalescer lets out now (at most one round a second).
+    async fn flush_presence(&mut self) -> Result<(), End> {
+        for (user, (status, last_seen, custom)) in self.presence_pending.poll_flush(self.edge.clock.now()) {
+            self.write(&ServerFrame::Presence { user, status, last_seen, custom }).await?;
+        }
+        Ok(())
+    }
+
+    /// Watches the presence of `members` (other than the session's user), up to
+    /// [`PRESENCE_WATCH_MAX`] users.
+    fn watch(&mut self, members: &[UserId]) {
+        let (Some((me, _)), Some(id)) = (&self.identity, self.subscription) else { return };
+        for member in members {
+            if member == me || self.contacts.len() >= PRESENCE_WATCH_MAX {
+                continue;
+            }
+            if self.contacts.insert(member.clone()) {
+                self.edge.cluster.deliveries().subscribe(id, Topic::Presence(member.clone()));
+            }
+        }
     }
 
     /// Starts delivering `conversation` to this session from after `cursor`.
@@ -510,6 +585,10 @@ impl<W: Wire> Session<W> {
                 }
             };
         };
+        if let (Some(id), false) = (self.subscription, matches!(frame, ClientFrame::Presence { .. })) {
+            // Whatever the device does shows it is in use.
+            self.edge.cluster.presence_frame(id);
+        }
         match &frame {
             ClientFrame::Hello { .. } => {
                 self.reply_error(&frame, ErrorCode::InvalidArgument, "this session already said hello").await
@@ -518,8 +597,9 @@ impl<W: Wire> Session<W> {
             ClientFrame::CreateConversation { request_id, members, title } => {
                 let reply = match self.create(&user, request_id, members, title.clone()).await {
                     Ok((frame, last_seq)) => {
-                        if let ServerFrame::Conversation { id, .. } = &frame {
+                        if let ServerFrame::Conversation { id, members, .. } = &frame {
                             self.follow(*id, last_seq);
+                            self.watch(members);
                         }
                         Ok(frame)
                     }
@@ -610,8 +690,11 @@ impl<W: Wire> Session<W> {
                 self.edge.cluster.relay(shard, Push::Typing { conversation: *conversation, user, active: *active });
                 Ok(())
             }
-            ClientFrame::Presence { .. } => {
-                self.reply_error(&frame, ErrorCode::InvalidArgument, "presence is not served yet").await
+            ClientFrame::Presence { status, custom } => {
+                if let Some(id) = self.subscription {
+                    self.edge.cluster.presence_activity(id, *status, custom.clone());
+                }
+                Ok(())
             }
             ClientFrame::Settings { request_id, presence_privacy } => {
                 let reply = self.settings(&user, request_id, *presence_privacy).await;
@@ -719,7 +802,9 @@ impl<W: Wire> Session<W> {
             // Without a cursor the device starts from now; `history` pages back.
             let cursor = resume.get(&summary.id).map_or(summary.last_seq, |&cursor| cursor.min(summary.last_seq));
             self.follow(summary.id, cursor);
+            self.watch(&summary.members);
         }
+        self.edge.cluster.presence_open(subscription.id, user.clone());
         for (&conversation, &cursor) in resume {
             // A cursor for a conversation not listed (just joined, or not a member): catch-up
             // reads it with the membership check.

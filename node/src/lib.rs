@@ -19,6 +19,7 @@ pub mod env;
 pub mod http;
 pub mod metrics;
 pub mod network;
+pub mod presence;
 pub mod rpc;
 pub mod tls;
 pub mod transport;

@@ -104,6 +104,16 @@ pub enum PeerRequest {
         /// What to hand to the sessions.
         push: Push,
     },
+    /// To a user shard's leader: the presence of users of that shard on the calling node
+    /// (soft state, renewed every `PRESENCE_REPORT_INTERVAL`).
+    PresenceReport {
+        /// The user shard.
+        shard: ShardId,
+        /// The reporting node.
+        node: NodeId,
+        /// Each user's presence on that node; `devices` 0 when the user left it.
+        reports: Vec<(natter_proto::UserId, crate::presence::LocalPresence)>,
+    },
     /// To the shard's leader: an ephemeral push (typing) to fan out to the interested nodes,
     /// as committed pushes are, without storing it.
     Relay {
@@ -128,7 +138,8 @@ impl PeerRequest {
             | Self::Read { shard, .. }
             | Self::Interest { shard, .. }
             | Self::Deliver { shard, .. }
-            | Self::Relay { shard, .. } => *shard,
+            | Self::Relay { shard, .. }
+            | Self::PresenceReport { shard, .. } => *shard,
         }
     }
 }

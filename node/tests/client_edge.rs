@@ -156,10 +156,12 @@ impl Client {
         self.send.write_all(bytes).await.unwrap();
     }
 
-    /// The next server frame, or `None` if the stream ended or nothing came in 5 s.
+    /// The next server frame, or `None` if the stream ended or nothing came in 5 s. Presence
+    /// frames (unsolicited, about the members of the session's conversations) are skipped.
     async fn read(&mut self) -> Option<ServerFrame> {
         loop {
             match self.decoder.next_frame::<ServerFrame>() {
+                Ok(Some(ServerFrame::Presence { .. })) => continue,
                 Ok(Some(frame)) => return Some(frame),
                 Ok(None) => {}
                 Err(error) => panic!("server sent a bad frame: {error}"),

@@ -137,6 +137,8 @@ struct Browser {
     last_event: u64,
     /// Messages seen while waiting for something else.
     messages: Vec<natter_proto::MessageRecord>,
+    /// Presence frames, in arrival order.
+    presence: Vec<ServerFrame>,
 }
 
 impl Browser {
@@ -165,6 +167,7 @@ impl Browser {
             reader: None,
             last_event: 0,
             messages: Vec::new(),
+            presence: Vec::new(),
         };
         match transport {
             Transport::WebSocket => {
@@ -217,14 +220,20 @@ impl Browser {
         self.send_text(encode_client(frame)).await;
     }
 
-    /// The next server frame, or `None` if none comes in time.
+    /// The next server frame, or `None` if none comes in time. Presence frames are kept in
+    /// `presence` instead.
     async fn next(&mut self) -> Option<ServerFrame> {
-        let (id, frame) = tokio::time::timeout(FRAME_WAIT, self.frames.recv()).await.ok().flatten()?;
-        if self.transport != Transport::WebSocket {
-            assert_eq!(id, self.last_event + 1, "event ids are consecutive, none repeated");
-            self.last_event = id;
+        loop {
+            let (id, frame) = tokio::time::timeout(FRAME_WAIT, self.frames.recv()).await.ok().flatten()?;
+            if self.transport != Transport::WebSocket {
+                assert_eq!(id, self.last_event + 1, "event ids are consecutive, none repeated");
+                self.last_event = id;
+            }
+            match frame {
+                ServerFrame::Presence { .. } => self.presence.push(frame),
+                frame => return Some(frame),
+            }
         }
-        Some(frame)
     }
 
     /// Sends `frame` and returns the first answer that is not a pushed `message`.
