@@ -1,0 +1,150 @@
+//! The web client in a real browser: headless Chromium, driven by playwright-core
+//! (`tests/browser/chat.mjs`), against one in-process node. Two users in two browser contexts
+//! create a 1:1, exchange messages and see the unread badge, typing and delivered and read
+//! ticks, once with each transport forced (`ws`, `sse`, `poll`). A screenshot of the chat is
+//! saved to `target/browser-artifacts/chat-<transport>.png`.
+//!
+//! Needs Node.js, Debian's `chromium` (or `CHROMIUM=/path`) and the script's package:
+//! `npm ci --prefix node/tests/browser`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use natter_node::config::{Config, NodeAddress};
+use natter_node::env::NodeEnv;
+use natter_proto::UserId;
+use natter_raft::types::Runtime;
+use natter_raft::Durability;
+use rand::SeedableRng;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+/// How long one run of the browser script may take before it is killed.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// `<target>/browser-artifacts`, beside cargo's per-test scratch directory.
+fn artifact_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target directory").join("browser-artifacts")
+}
+
+fn token(user: &str) -> String {
+    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    key.issue(&UserId::new(user).unwrap(), now, 3600)
+}
+
+/// One node serving HTTP on loopback, 8 shards, ready.
+async fn start_node(dir: &Path) -> natter_node::NodeHandle {
+    natter_node::tls::write_cluster_certs(&dir.join("tls"), &[1], &mut rand::rngs::StdRng::seed_from_u64(4)).unwrap();
+    let address = NodeAddress {
+        id: 1,
+        peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let config = Config { jwt_secret: Some(SECRET.into()), ..Config::cluster_member(1, &[address], 8, dir) };
+    let mut env = NodeEnv::production(config.data_dir.clone());
+    env.durability = Durability::NoSync;
+    let handle = natter_node::run_node(config, env).await.unwrap();
+    while !handle.cluster().is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle
+}
+
+struct Outcome {
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs `command` to the end or for `timeout` at most (then kills it), collecting its output.
+/// It blocks, so it runs on tokio's blocking pool while the node keeps serving.
+fn run_with_timeout(mut command: Command, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("could not start {command:?}: {error} (is Node.js installed?)"));
+    // Read both pipes as the child writes them, so a full pipe never stalls it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Outcome { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), elapsed: started.elapsed() }
+}
+
+#[test]
+fn two_users_chat_in_chromium_over_each_transport() {
+    let playwright = browser_dir().join("node_modules/playwright-core");
+    assert!(
+        playwright.is_dir(),
+        "{} is missing: run `npm ci --prefix node/tests/browser` (from the workspace root) first",
+        playwright.display()
+    );
+    let artifacts = artifact_dir();
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(Runtime::scope(6, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start_node(dir.path()).await;
+        let base_url = format!("http://{}", node.http_addr().expect("http is on"));
+        // Each transport has users of its own, so one run's conversation never shows in another.
+        for transport in ["ws", "sse", "poll"] {
+            let screenshot = artifacts.join(format!("chat-{transport}.png"));
+            let _ = std::fs::remove_file(&screenshot);
+            let mut command = Command::new("node");
+            command
+                .arg(browser_dir().join("chat.mjs"))
+                .env("BASE_URL", &base_url)
+                .env("TOKEN_ALICE", token(&format!("alice-{transport}")))
+                .env("TOKEN_BOB", token(&format!("bob-{transport}")))
+                .env("TRANSPORT", transport)
+                .env("ARTIFACT_DIR", &artifacts);
+            let outcome = tokio::task::spawn_blocking(move || run_with_timeout(command, SCRIPT_TIMEOUT)).await.unwrap();
+            let Outcome { status, stdout, stderr, elapsed } = outcome;
+            println!("{stdout}");
+            println!("{transport}: the browser run took {:.1} s", elapsed.as_secs_f64());
+            match status {
+                None => panic!(
+                    "{transport}: chat.mjs was killed after {SCRIPT_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+                ),
+                Some(status) => {
+                    assert!(
+                        status.success(),
+                        "{transport}: chat.mjs exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+                    )
+                }
+            }
+            let png = std::fs::read(&screenshot)
+                .unwrap_or_else(|error| panic!("{transport}: no screenshot at {}: {error}", screenshot.display()));
+            assert!(png.starts_with(PNG_MAGIC), "{transport}: {} is not a PNG", screenshot.display());
+        }
+        node.shutdown().await;
+    }));
+}
