@@ -398,6 +398,9 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// Human-readable detail; may change between versions.
         message: String,
+        /// For `rate_limited`: how long to wait before trying again, in milliseconds.
+        #[serde(default)]
+        retry_after_ms: Option<u64>,
     },
     /// The answer to `ping`.
     Pong {
@@ -456,7 +459,17 @@ impl ServerFrame {
             client_seq: request.client_seq(),
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// A `rate_limited` error answering `request`, saying when to try again.
+    pub fn rate_limited(request: &ClientFrame, message: impl Into<String>, retry_after_ms: u64) -> Self {
+        let mut frame = Self::error_reply(request, ErrorCode::RateLimited, message);
+        if let Self::Error { retry_after_ms: retry, .. } = &mut frame {
+            *retry = Some(retry_after_ms);
+        }
+        frame
     }
 
     /// An `error` frame answering `request` with `error`'s code and message, typically a
@@ -605,8 +618,14 @@ mod tests {
                 client_seq: Some(17),
                 code: ErrorCode::TooLarge,
                 message: "body has 65537 bytes, expected at most 65536".into(),
+                retry_after_ms: None,
             }
         );
+        let limited = ServerFrame::rate_limited(&request, "slow down", 250);
+        assert!(matches!(
+            limited,
+            ServerFrame::Error { code: ErrorCode::RateLimited, client_seq: Some(17), retry_after_ms: Some(250), .. }
+        ));
         let reply = ServerFrame::error_reply(&history(0, "r2"), ErrorCode::NotMember, "no");
         let ServerFrame::Error { request_id, conversation: in_reply, client_seq, .. } = reply else {
             panic!("expected an error frame");

@@ -175,6 +175,7 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                 client_seq: Some(17),
                 code: ErrorCode::NotMember,
                 message: "alice is not a member of the conversation".into(),
+                retry_after_ms: None,
             },
         ),
         (
@@ -185,6 +186,18 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                 client_seq: None,
                 code: ErrorCode::TooLarge,
                 message: "members has 1025 users, expected at most 1024".into(),
+                retry_after_ms: None,
+            },
+        ),
+        (
+            "server_error_rate_limited",
+            ServerFrame::Error {
+                request_id: None,
+                conversation: Some(conversation_a()),
+                client_seq: Some(18),
+                code: ErrorCode::RateLimited,
+                message: "alice sends more than 20 messages a second; retry in 120 ms".into(),
+                retry_after_ms: Some(120),
             },
         ),
         ("server_pong", ServerFrame::Pong { nonce: 7 }),

@@ -117,7 +117,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             text(),
         )
             .prop_map(|(request_id, conversation, client_seq, code, message)| {
-                ServerFrame::Error { request_id, conversation, client_seq, code, message }
+                let retry_after_ms = client_seq.map(|seq| seq % 1000);
+                ServerFrame::Error { request_id, conversation, client_seq, code, message, retry_after_ms }
             }),
         any::<u64>().prop_map(|nonce| ServerFrame::Pong { nonce }),
         (text(), privacy())
@@ -126,7 +127,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
 }
 
 /// Every field name the frames use, so generated objects often hit real fields.
-const FIELD_NAMES: [&str; 31] = [
+const FIELD_NAMES: [&str; 32] = [
     "type",
     "device",
     "resume",
@@ -158,6 +159,7 @@ const FIELD_NAMES: [&str; 31] = [
     "message",
     "extra",
     "presence_privacy",
+    "retry_after_ms",
 ];
 
 fn field_name() -> impl Strategy<Value = String> {
