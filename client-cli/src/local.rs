@@ -190,6 +190,7 @@ pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32,
                 shards,
                 tls: certs::tls_files(&tls_dir, address.id),
                 raft: RaftTimings::default(),
+                rate_limits: natter_node::rate::RateLimits::default(),
                 jwt_secret: Some(jwt_secret.to_owned()),
                 ..defaults
             }

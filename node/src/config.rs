@@ -18,8 +18,18 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "NATTER_";
 
 /// The top-level keys of [`Config`]: only variables naming one of these override the file.
-pub const CONFIG_KEYS: [&str; 9] =
-    ["node_id", "data_dir", "nodes", "shards", "tls", "raft", "proposal_timeout_ms", "rpc_timeout_ms", "jwt_secret"];
+pub const CONFIG_KEYS: [&str; 10] = [
+    "node_id",
+    "data_dir",
+    "nodes",
+    "shards",
+    "tls",
+    "raft",
+    "proposal_timeout_ms",
+    "rpc_timeout_ms",
+    "jwt_secret",
+    "rate_limits",
+];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +131,9 @@ pub struct Config {
     /// node; usually set with `NATTER_JWT_SECRET`. `--dev` keeps one in `data_dir/jwt-secret`.
     #[serde(default)]
     pub jwt_secret: Option<String>,
+    /// Limits on what clients do (sends, creates, typing), per connection and per user.
+    #[serde(default)]
+    pub rate_limits: crate::rate::RateLimits,
 }
 
 fn default_shards() -> u32 {
@@ -154,6 +167,7 @@ impl Config {
                 key: tls_dir.join("node-1.key"),
             },
             raft: RaftTimings::default(),
+            rate_limits: crate::rate::RateLimits::default(),
             proposal_timeout_ms: default_proposal_timeout_ms(),
             rpc_timeout_ms: default_rpc_timeout_ms(),
             jwt_secret: None,
@@ -178,6 +192,7 @@ impl Config {
                 key: tls_dir.join(format!("{}.key", crate::tls::node_name(id))),
             },
             raft: RaftTimings::default(),
+            rate_limits: crate::rate::RateLimits::default(),
             proposal_timeout_ms: default_proposal_timeout_ms(),
             rpc_timeout_ms: default_rpc_timeout_ms(),
             jwt_secret: None,
@@ -205,6 +220,7 @@ impl Config {
         if self.shards == 0 {
             return invalid("shards must be at least 1".into());
         }
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         let mut ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|pair| pair[0] == pair[1]) {

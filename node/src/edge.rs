@@ -41,6 +41,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::delivery::{Listing, Push, Topic};
 use crate::env::Clock;
 use crate::presence::Coalescer;
+use crate::rate::{self, Action, Limiters};
 use crate::transport::ClientHandler;
 
 /// How long a new connection may take to open its stream and say `hello`.
@@ -72,7 +73,8 @@ pub struct ClientEdge {
     tokens: TokenKey,
     clock: Arc<dyn Clock>,
     ids: Mutex<StdRng>,
-    sessions: Mutex<BTreeMap<UserId, usize>>,
+    /// Per user with sessions on this node: how many, and the user's rate limiters.
+    sessions: Mutex<BTreeMap<UserId, (usize, Arc<Limiters>)>>,
 }
 
 impl ClientEdge {
@@ -85,20 +87,23 @@ impl ClientEdge {
         self.clock.wall_ms() / 1000
     }
 
-    /// Counts a session of `user`; false if the user already holds the maximum.
-    fn admit(&self, user: &UserId) -> bool {
+    /// Counts a session of `user` and gives it the user's rate limiters; `None` if the user
+    /// already holds the maximum.
+    fn admit(&self, user: &UserId) -> Option<Arc<Limiters>> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        let count = sessions.entry(user.clone()).or_default();
+        let (count, limiters) = sessions.entry(user.clone()).or_insert_with(|| {
+            (0, Arc::new(Limiters::per_user(&self.cluster.config().rate_limits, self.clock.clone())))
+        });
         if *count >= SESSIONS_PER_USER_MAX {
-            return false;
+            return None;
         }
         *count += 1;
-        true
+        Some(limiters.clone())
     }
 
     fn release(&self, user: &UserId) {
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        if let Some(count) = sessions.get_mut(user) {
+        if let Some((count, _)) = sessions.get_mut(user) {
             *count -= 1;
             if *count == 0 {
                 sessions.remove(user);
@@ -141,6 +146,7 @@ impl ClientEdge {
             contacts: BTreeSet::new(),
             presence_shown: BTreeMap::new(),
             presence_pending: Coalescer::new(),
+            limiters: None,
         };
         session.run().await;
         if let Some(id) = session.subscription {
@@ -287,6 +293,8 @@ struct Session<W> {
     presence_shown: BTreeMap<UserId, ShownPresence>,
     /// Presence changes waiting for the once-a-second flush.
     presence_pending: Coalescer<ShownPresence>,
+    /// The connection's and the user's rate limiters, from `hello` on.
+    limiters: Option<(Box<Limiters>, Arc<Limiters>)>,
 }
 
 /// A contact's presence as this session shows it: (status, last seen, custom text).
@@ -381,6 +389,7 @@ impl<W: Wire> Session<W> {
                         client_seq: None,
                         code: error.code(),
                         message: error.to_string(),
+                        retry_after_ms: None,
                     };
                     self.write(&reply).await?;
                     if self.bad_frames >= BAD_FRAMES_MAX {
@@ -589,6 +598,20 @@ impl<W: Wire> Session<W> {
             // Whatever the device does shows it is in use.
             self.edge.cluster.presence_frame(id);
         }
+        let action = match &frame {
+            ClientFrame::Send { .. } => Some(Action::Send),
+            ClientFrame::CreateConversation { .. } => Some(Action::Create),
+            ClientFrame::Typing { .. } => Some(Action::Typing),
+            _ => None,
+        };
+        if let (Some(action), Some((connection, user_limits))) = (action, &self.limiters) {
+            if let Err(wait) = rate::check_both(connection, user_limits, action) {
+                // Nothing of the request was done: the client retries it after the wait.
+                let wait_ms = (wait.as_millis() as u64).max(1);
+                let message = format!("{user} makes {} faster than allowed; retry in {wait_ms} ms", action.describe());
+                return self.write(&ServerFrame::rate_limited(&frame, message, wait_ms)).await;
+            }
+        }
         match &frame {
             ClientFrame::Hello { .. } => {
                 self.reply_error(&frame, ErrorCode::InvalidArgument, "this session already said hello").await
@@ -779,11 +802,14 @@ impl<W: Wire> Session<W> {
                 return Err(End::Closed(close::UNAUTHENTICATED, "unauthenticated"));
             }
         };
-        if !self.edge.admit(&user) {
+        let Some(user_limits) = self.edge.admit(&user) else {
             let message = format!("{user} already has {SESSIONS_PER_USER_MAX} sessions");
             self.reply_error(&frame, ErrorCode::RateLimited, message).await?;
             return Err(End::Closed(close::RATE_LIMITED, "too many sessions"));
-        }
+        };
+        let rate_limits = &self.edge.cluster.config().rate_limits;
+        let connection_limits = Box::new(Limiters::per_connection(rate_limits, self.edge.clock.clone()));
+        self.limiters = Some((connection_limits, user_limits));
         self.identity = Some((user.clone(), device.clone()));
         // Subscribe before reading anything: a message that commits while we catch up is then
         // either in the catch-up read or in the push queue (and dropped there as delivered).
@@ -940,7 +966,14 @@ fn unavailable(error: ClusterError) -> (ErrorCode, String) {
 }
 
 fn conversation_error(conversation: ConversationId, code: ErrorCode, message: String) -> ServerFrame {
-    ServerFrame::Error { request_id: None, conversation: Some(conversation), client_seq: None, code, message }
+    ServerFrame::Error {
+        request_id: None,
+        conversation: Some(conversation),
+        client_seq: None,
+        code,
+        message,
+        retry_after_ms: None,
+    }
 }
 
 /// A history frame that fits the frame limit: 200 bodies of 64 KiB would not, so the oldest

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod presence;
+pub mod rate;
 pub mod rpc;
 pub mod tls;
 pub mod transport;

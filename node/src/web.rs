@@ -138,8 +138,14 @@ struct Params {
 
 /// An `error` frame as an HTTP response: the protocol's typed error, as JSON.
 fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
-    let frame =
-        ServerFrame::Error { request_id: None, conversation: None, client_seq: None, code, message: message.into() };
+    let frame = ServerFrame::Error {
+        request_id: None,
+        conversation: None,
+        client_seq: None,
+        code,
+        message: message.into(),
+        retry_after_ms: None,
+    };
     (status, [(header::CONTENT_TYPE, "application/json")], encode_server(&frame)).into_response()
 }
 

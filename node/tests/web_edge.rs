@@ -516,3 +516,59 @@ fn the_web_client_is_served_at_the_root() {
         cluster.shutdown().await;
     });
 }
+
+#[test]
+fn rate_limited_sends_are_refused_with_a_wait_and_nothing_is_lost() {
+    run(async {
+        let cluster = start_cluster(1).await;
+        let node = cluster.http[0];
+        let (mut alice, _) = Browser::hello(Transport::WebSocket, node, "alice", BTreeMap::new()).await;
+        let create = ClientFrame::CreateConversation {
+            request_id: "r".into(),
+            members: vec![UserId::new("bob").unwrap()],
+            title: None,
+        };
+        let ServerFrame::Conversation { id: conversation, .. } = alice.request(&create).await else { panic!() };
+        // 150 sends at once: the connection's burst (100 at the default 50/s) passes, the rest
+        // are refused with how long to wait. Resending each refused one after its wait gets it
+        // committed: every client_seq once, no seq twice, no gap.
+        let total = 150u64;
+        let mut pending: Vec<u64> = (1..=total).collect();
+        let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut refusals = 0;
+        while !pending.is_empty() {
+            for &client_seq in &pending {
+                alice.send(&send(conversation, client_seq, &format!("m{client_seq}"))).await;
+            }
+            let mut waits = Vec::new();
+            let mut refused = Vec::new();
+            for _ in 0..pending.len() {
+                match alice.answer().await {
+                    ServerFrame::SendOk { client_seq, seq, .. } => {
+                        assert!(committed.insert(client_seq, seq).is_none(), "client_seq {client_seq} answered twice");
+                    }
+                    ServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        client_seq: Some(client_seq),
+                        retry_after_ms,
+                        ..
+                    } => {
+                        refused.push(client_seq);
+                        waits.push(retry_after_ms.expect("a rate_limited error says when to retry"));
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            refusals += refused.len();
+            if let Some(&wait) = waits.iter().max() {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            pending = refused;
+        }
+        assert!(refusals >= 40, "only {refusals} refusals: the limit did not bind");
+        let mut seqs: Vec<u64> = committed.values().copied().collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every send committed once, no gap");
+        cluster.shutdown().await;
+    });
+}

@@ -212,6 +212,7 @@ impl SimCluster {
                 key: self.dir.join(format!("tls/node-{id}.key")),
             },
             raft: RaftTimings::default(),
+            rate_limits: natter_node::rate::RateLimits::default(),
             proposal_timeout_ms: 10_000,
             rpc_timeout_ms: 2_000,
             jwt_secret: self.jwt_secret.clone(),

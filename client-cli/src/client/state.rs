@@ -321,8 +321,9 @@ impl Core {
             ServerFrame::Presence { user, status, last_seen, custom } => {
                 self.push_event(Event::Presence { user, status, last_seen, custom });
             }
-            ServerFrame::Error { request_id, conversation, client_seq, code, message } => {
-                self.handle_error(request_id, conversation, client_seq, code, message, now);
+            ServerFrame::Error { request_id, conversation, client_seq, code, message, retry_after_ms } => {
+                let refusal = Refusal { code, message, retry_after: retry_after_ms.map(Duration::from_millis) };
+                self.handle_error(request_id, conversation, client_seq, refusal, now);
             }
             ServerFrame::Pong { .. } => {}
             ServerFrame::Settings { request_id, presence_privacy } => {
@@ -537,10 +538,10 @@ impl Core {
         request_id: Option<String>,
         conversation: Option<ConversationId>,
         client_seq: Option<u64>,
-        code: ErrorCode,
-        message: String,
+        refusal: Refusal,
         now: Instant,
     ) {
+        let Refusal { code, message, retry_after } = refusal;
         if let Some(request_id) = request_id {
             if let Some(filled) = self.fills.remove(&request_id) {
                 self.filling.remove(&filled);
@@ -556,7 +557,13 @@ impl Core {
         }
         if let (Some(conversation), Some(client_seq)) = (conversation, client_seq) {
             if let Some(send) = self.sends.get_mut(&(conversation, client_seq)) {
-                let retryable = matches!(code, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited);
+                if code == ErrorCode::RateLimited {
+                    // Over a rate limit the send waits as long as the server says and goes
+                    // again; it is not a failed attempt, so it is never given up on for it.
+                    send.retry_at = Some(now + retry_after.unwrap_or(SEND_RETRY_DELAY_MIN));
+                    return;
+                }
+                let retryable = matches!(code, ErrorCode::Unavailable | ErrorCode::Internal);
                 send.attempts += 1;
                 if retryable && send.attempts < SEND_ATTEMPTS_MAX {
                     // Resending the same client_seq is safe: the server appends it at most once.
@@ -571,6 +578,14 @@ impl Core {
         }
         self.push_event(Event::Error { code, conversation, message });
     }
+}
+
+/// What an `error` frame said.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    /// For `rate_limited`: when to try again.
+    retry_after: Option<Duration>,
 }
 
 fn request_frame(request_id: &str, request: &Request) -> ClientFrame {
@@ -795,6 +810,7 @@ mod tests {
                 client_seq: None,
                 code: ErrorCode::NotMember,
                 message: "not a member".into(),
+                retry_after_ms: None,
             },
             now,
         );
@@ -987,6 +1003,7 @@ mod tests {
             client_seq: Some(5),
             code,
             message: "try later".into(),
+            retry_after_ms: None,
         };
         let mut now = start;
         for attempt in 1..SEND_ATTEMPTS_MAX {
@@ -1013,6 +1030,7 @@ mod tests {
                 client_seq: Some(6),
                 code: ErrorCode::NotMember,
                 message: "no".into(),
+                retry_after_ms: None,
             },
             now,
         );
@@ -1025,5 +1043,28 @@ mod tests {
             })
         ));
         assert!(core.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn rate_limited_sends_wait_as_told_and_are_never_given_up() {
+        let mut core = connected(0, 10);
+        let now = Instant::now();
+        core.submit_send(conversation(), 7, "hi".into());
+        transmitted(&mut core);
+        let limited = ServerFrame::Error {
+            request_id: None,
+            conversation: Some(conversation()),
+            client_seq: Some(7),
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            retry_after_ms: Some(750),
+        };
+        for _ in 0..SEND_ATTEMPTS_MAX * 2 {
+            core.handle_frame(limited.clone(), now);
+            assert_eq!(core.poll_timeout(), Some(now + Duration::from_millis(750)), "waits as the server said");
+            assert!(core.poll_completion().is_none(), "a rate limit is not a failure");
+            core.handle_timeout(now + Duration::from_millis(750));
+            assert_eq!(transmitted(&mut core).len(), 1, "sent again with the same client_seq");
+        }
     }
 }
