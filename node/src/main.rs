@@ -66,23 +66,28 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let seed = env.entropy.seed();
     runtime.block_on(Runtime::scope(seed, async move {
-        let dev_token = match (&config.jwt_secret, args.dev) {
+        let dev_tokens = match (&config.jwt_secret, args.dev) {
             (Some(secret), true) => {
                 let key = natter_node::auth::TokenKey::new(secret.as_bytes())?;
-                let alice = natter_proto::UserId::new("alice").expect("valid user id");
-                Some(key.issue(&alice, env.clock.wall_ms() / 1000, 24 * 3600))
+                let token = |name: &str| {
+                    let user = natter_proto::UserId::new(name).expect("valid user id");
+                    key.issue(&user, env.clock.wall_ms() / 1000, 24 * 3600)
+                };
+                Some((token("alice"), token("bob")))
             }
             _ => None,
         };
         let ca = config.tls.ca_cert.clone();
         let node = natter_node::run_node(config, env).await?;
-        if let Some(token) = dev_token {
+        if let Some((token, bob_token)) = dev_tokens {
             let http = node.http_addr().map(|addr| format!("http://{addr}")).unwrap_or_default();
             let data = args.data_dir.display();
             println!("natter dev node is up");
             println!("  data:    {data}");
             println!("  clients: {} (QUIC, ALPN natter/1, CA {})", node.peer_addr(), ca.display());
             println!("  status:  {http}/v1/admin/cluster");
+            println!("  web client as alice: {http}/?token={token}");
+            println!("  web client as bob:   {http}/?token={bob_token}");
             println!("  token for alice (24 h): {token}");
             println!("  more tokens: natter token --data-dir {data} --user NAME");
         }
