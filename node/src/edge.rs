@@ -536,6 +536,24 @@ impl<W: Wire> Session<W> {
         Ok(true)
     }
 
+    /// Takes a turn at `action` under the connection's and the user's rate limits. A send whose
+    /// turn is at most [`rate::SEND_WAIT_MAX`] away waits for it (the session serves frames in
+    /// order, so this slows the client down and keeps its sends in order); otherwise, how long
+    /// until the turn comes.
+    async fn take_turn(&mut self, action: Action) -> Result<(), Duration> {
+        let Some((connection, user_limits)) = &self.limiters else { return Ok(()) };
+        for _ in 0..rate::SEND_WAITS_MAX {
+            match rate::check_both(connection, user_limits, action) {
+                Ok(()) => return Ok(()),
+                Err(wait) if action == Action::Send && wait <= rate::SEND_WAIT_MAX => {
+                    tokio::time::sleep(wait).await;
+                }
+                Err(wait) => return Err(wait),
+            }
+        }
+        rate::check_both(connection, user_limits, action)
+    }
+
     /// Sends the presence changes the coalescer lets out now (at most one round a second).
     async fn flush_presence(&mut self) -> Result<(), End> {
         for (user, (status, last_seen, custom)) in self.presence_pending.poll_flush(self.edge.clock.now()) {
@@ -604,8 +622,8 @@ impl<W: Wire> Session<W> {
             ClientFrame::Typing { .. } => Some(Action::Typing),
             _ => None,
         };
-        if let (Some(action), Some((connection, user_limits))) = (action, &self.limiters) {
-            if let Err(wait) = rate::check_both(connection, user_limits, action) {
+        if let Some(action) = action {
+            if let Err(wait) = self.take_turn(action).await {
                 // Nothing of the request was done: the client retries it after the wait.
                 let wait_ms = (wait.as_millis() as u64).max(1);
                 let message = format!("{user} makes {} faster than allowed; retry in {wait_ms} ms", action.describe());

@@ -3,9 +3,14 @@
 //!
 //! Per user means per user on this node: a user's sessions on one node share its limits (a
 //! user holds at most `SESSIONS_PER_USER_MAX` sessions, so spreading them over nodes gains at
-//! most the node count). Over a limit the request is refused with `rate_limited` and how long
-//! to wait; nothing of it was done, so retrying it later (a send with the same `client_seq`)
-//! loses and duplicates nothing.
+//! most the node count).
+//!
+//! A send over its limit waits for its turn when that is at most [`SEND_WAIT_MAX`] away: a
+//! session serves its frames in order, so a client that sends too fast is slowed down
+//! (back-pressure) and its sends keep their order. Anything else over a limit (a longer wait,
+//! a create, a typing signal) is refused with `rate_limited` and how long to wait; nothing of
+//! it was done, so retrying it later (a send with the same `client_seq`) loses and duplicates
+//! nothing.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -18,6 +23,11 @@ use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::env::Clock;
+
+/// Longest a send waits for its turn under a rate limit before it is refused instead.
+pub const SEND_WAIT_MAX: Duration = Duration::from_millis(250);
+/// Most turns a send waits for (other sessions of the user may take the turns it waited for).
+pub const SEND_WAITS_MAX: u32 = 8;
 
 /// The limits of one node (config section `[rate_limits]`). Bursts are twice the per-second
 /// rates, and a third of the per-minute ones.
@@ -44,8 +54,8 @@ impl Default for RateLimits {
         // runaway client long before it hurts anyone else, and operators raise them for
         // load tests.
         Self {
-            sends_per_second_per_connection: 50,
-            sends_per_second_per_user: 100,
+            sends_per_second_per_connection: 200,
+            sends_per_second_per_user: 400,
             creates_per_minute_per_connection: 30,
             creates_per_minute_per_user: 60,
             typing_per_second_per_connection: 2,
