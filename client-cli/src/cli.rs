@@ -122,6 +122,9 @@ pub struct TailArgs {
     /// Also print delivery and read receipts
     #[arg(long)]
     pub receipts: bool,
+    /// Also print who is typing and members' presence (online, away, offline, last seen)
+    #[arg(long)]
+    pub signals: bool,
     /// How to reach the cluster, and the output format.
     #[command(flatten)]
     pub connect: ConnectArgs,

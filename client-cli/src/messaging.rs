@@ -330,21 +330,22 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     labels.extend(render::labels(&client.conversations()));
                     (format!("natter: connected to {node} as {}\n", client.user()), false)
                 }
-                // Typing and presence are signals, not messages: on stderr for people, beside
-                // the messages for programs (--json).
-                Event::Typing { conversation, user, active } => {
-                    if json {
-                        (render::json_typing(*conversation, user, *active), true)
+                // Typing and presence are signals, printed only when asked for (--signals).
+                Event::Typing { conversation, user, active } if args.signals => {
+                    let text = if json {
+                        render::json_typing(*conversation, user, *active)
                     } else {
-                        (render::render_typing(&label(&labels, *conversation), user, *active), false)
-                    }
+                        render::render_typing(&label(&labels, *conversation), user, *active)
+                    };
+                    (text, true)
                 }
-                Event::Presence { user, status, last_seen, custom } => {
-                    if json {
-                        (render::json_presence(user, *status, *last_seen, custom.as_deref()), true)
+                Event::Presence { user, status, last_seen, custom } if args.signals => {
+                    let text = if json {
+                        render::json_presence(user, *status, *last_seen, custom.as_deref())
                     } else {
-                        (render::render_presence(user, *status, *last_seen, custom.as_deref()), false)
-                    }
+                        render::render_presence(user, *status, *last_seen, custom.as_deref())
+                    };
+                    (text, true)
                 }
                 Event::Disconnected { reason } => (format!("natter: disconnected: {reason}\n"), false),
                 Event::Error { code, message, .. } => (format!("natter: server error ({code}): {message}\n"), false),
