@@ -8,8 +8,13 @@
 //!   message to the application) latencies, and checks every acknowledged message arrived.
 //! - [`run_idle`]: many bare idle sessions (TLS, stream, `hello`, `welcome`, nothing more) on
 //!   one node, and that node's resident memory as they are added.
+//!
+//! The helpers that open many connections ([`open_all`]) and sample an idle node
+//! ([`grow_idle`]) serve the browser benchmarks of [`crate::websockets`] too.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,12 +45,12 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SEND_ERRORS_PER_SENDER_MAX: u64 = 20;
 /// Bare idle sessions share one client endpoint (UDP socket) per this many.
 pub const IDLE_SESSIONS_PER_ENDPOINT: usize = 1000;
-/// Attempts to open one idle session before the run fails.
-pub const IDLE_OPEN_ATTEMPTS_MAX: u32 = 3;
+/// Attempts to open one connection of an idle or fan-out run before the run fails.
+pub const OPEN_ATTEMPTS_MAX: u32 = 3;
 /// How long idle sessions sit before the node's memory is read, so the allocator settles.
 pub const IDLE_SETTLE: Duration = Duration::from_secs(3);
 /// Hex digits of the send time (nanoseconds since the run's origin) that start every body.
-const STAMP_DIGITS: usize = 16;
+pub const STAMP_DIGITS: usize = 16;
 /// Validity of the tokens the benchmark mints.
 const TOKEN_TTL_SECONDS: u64 = 24 * 60 * 60;
 
@@ -97,6 +102,16 @@ impl ProcessCluster {
         self.nodes.iter().map(|node| node.peer_addr).collect()
     }
 
+    /// The number of node processes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The HTTP address of node `index` (operator routes and the browser edge).
+    pub fn http_addr(&self, index: usize) -> SocketAddr {
+        self.nodes[index].http_addr
+    }
+
     /// The servers starting with node `first` (by index), then the others in turn: a client
     /// given this list connects to node `first` while it is up.
     fn servers_from(&self, first: usize) -> Vec<SocketAddr> {
@@ -114,11 +129,12 @@ impl ProcessCluster {
     /// CPU time node `index`'s process has used so far (user + system), from
     /// `/proc/PID/stat` in clock ticks of 10 ms.
     pub fn cpu_time(&self, index: usize) -> anyhow::Result<Duration> {
-        let pid = self.nodes[index].pid;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading the stat of node process {pid}"))?;
-        let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in the stat of process {pid}"))?;
-        Ok(Duration::from_millis(ticks * CLOCK_TICK_MS))
+        process_cpu_time(&self.nodes[index].pid.to_string())
+    }
+
+    /// CPU time every node process has used so far, added up.
+    pub fn cpu_time_all(&self) -> anyhow::Result<Duration> {
+        (0..self.nodes.len()).map(|index| self.cpu_time(index)).sum()
     }
 
     /// Resident memory of node `index`'s process, in KiB (`VmRSS` of `/proc/PID/status`).
@@ -154,6 +170,24 @@ impl Drop for ProcessCluster {
 
 /// Length of a clock tick in `/proc/PID/stat` (`USER_HZ` is 100 on Linux).
 const CLOCK_TICK_MS: u64 = 10;
+
+/// CPU time (user + system) process `pid` (a number, or `self`) has used so far, from
+/// `/proc/PID/stat`.
+pub fn process_cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading the stat of process {pid}"))?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in the stat of process {pid}"))?;
+    Ok(Duration::from_millis(ticks * CLOCK_TICK_MS))
+}
+
+/// CPU use over `elapsed`, in percent of one core.
+pub fn cpu_percent(cpu: Duration, elapsed: Duration) -> f64 {
+    if elapsed.is_zero() {
+        0.0
+    } else {
+        100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64()
+    }
+}
 
 /// User plus system CPU ticks from a `/proc/PID/stat` text (fields 14 and 15; the command
 /// name in field 2 may hold spaces, so fields are counted after its closing parenthesis).
@@ -233,14 +267,14 @@ impl MessagesReport {
 
 /// The body of a message sent `since_origin` after the run's origin: the time as fixed-width
 /// hex, padded to `bytes` (at least [`STAMP_DIGITS`]).
-fn stamped_body(since_origin: Duration, bytes: usize) -> String {
+pub fn stamped_body(since_origin: Duration, bytes: usize) -> String {
     let mut body = format!("{:0width$x}", since_origin.as_nanos() as u64, width = STAMP_DIGITS);
     body.extend(std::iter::repeat_n('m', bytes.saturating_sub(STAMP_DIGITS)));
     body
 }
 
 /// The send time a body carries, as a duration since the run's origin.
-fn body_stamp(body: &str) -> Option<Duration> {
+pub fn body_stamp(body: &str) -> Option<Duration> {
     let digits = body.get(..STAMP_DIGITS)?;
     u64::from_str_radix(digits, 16).ok().map(Duration::from_nanos)
 }
@@ -446,8 +480,121 @@ pub struct IdleSample {
     pub sessions: usize,
     /// The node process's resident memory, KiB.
     pub rss_kib: u64,
-    /// The node's CPU use while the sessions sat idle for [`IDLE_SETTLE`], percent of one core.
+    /// The node's CPU use while the sessions sat idle ([`IdleTiming::cpu_window`]), percent
+    /// of one core.
     pub cpu_percent: f64,
+}
+
+impl IdleSample {
+    /// One line for the console; `noun` names what is idle (`session`, `websocket`).
+    pub fn line(&self, noun: &str) -> String {
+        format!(
+            "idle {noun}s={:<6} node RSS={} KiB, CPU {:.1}% of a core",
+            self.sessions, self.rss_kib, self.cpu_percent
+        )
+    }
+}
+
+/// When an idle benchmark samples the node after each step.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTiming {
+    /// How long the step's sessions sit before the CPU window starts.
+    pub settle: Duration,
+    /// The window over which the node's CPU use is measured; its resident memory is read at
+    /// the end of it.
+    pub cpu_window: Duration,
+}
+
+/// Node 0's CPU use over `timing`'s window (after its settle time) and then its resident
+/// memory, with `sessions` idle sessions open.
+async fn sample_idle(cluster: &ProcessCluster, sessions: usize, timing: IdleTiming) -> anyhow::Result<IdleSample> {
+    tokio::time::sleep(timing.settle).await;
+    let cpu_before = cluster.cpu_time(0)?;
+    tokio::time::sleep(timing.cpu_window).await;
+    let cpu = cluster.cpu_time(0)?.saturating_sub(cpu_before);
+    Ok(IdleSample { sessions, rss_kib: cluster.rss_kib(0)?, cpu_percent: cpu_percent(cpu, timing.cpu_window) })
+}
+
+/// Samples node 0 with nothing open, then opens sessions with `open` (given the index range
+/// to open next) until each count of `steps` (ascending) is reached, and samples node 0 after
+/// each. Returns the samples, the first taken with no session, and the sessions, still open,
+/// for the caller to close.
+pub async fn grow_idle<T, F, Fut>(
+    cluster: &ProcessCluster,
+    steps: &[usize],
+    noun: &str,
+    timing: IdleTiming,
+    mut open: F,
+) -> anyhow::Result<(Vec<IdleSample>, Vec<T>)>
+where
+    F: FnMut(Range<usize>) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<T>>>,
+{
+    debug_assert!(steps.is_sorted(), "steps ascend: {steps:?}");
+    let mut samples = vec![sample_idle(cluster, 0, timing).await?];
+    let mut sessions = Vec::with_capacity(steps.iter().copied().max().unwrap_or(0));
+    for &step in steps {
+        let opened = open(sessions.len()..step.max(sessions.len())).await?;
+        sessions.extend(opened);
+        let sample = sample_idle(cluster, sessions.len(), timing).await?;
+        println!("{}", sample.line(noun));
+        samples.push(sample);
+    }
+    Ok((samples, sessions))
+}
+
+/// Opens one connection per input with `open`, at most [`CONNECTS_CONCURRENT_MAX`] at once,
+/// trying each up to [`OPEN_ATTEMPTS_MAX`] times: a handshake can time out while the node is
+/// busy accepting thousands of others, which says nothing about what is being measured.
+/// Returns the connections in input order, or the first failure (the other opens are
+/// stopped).
+pub async fn open_all<I, T, F, Fut>(inputs: Vec<I>, what: &str, open: F) -> anyhow::Result<Vec<T>>
+where
+    I: Clone + Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let open = Arc::new(open);
+    let gate = Arc::new(Semaphore::new(CONNECTS_CONCURRENT_MAX));
+    let mut tasks: Vec<tokio::task::JoinHandle<anyhow::Result<T>>> = inputs
+        .into_iter()
+        .map(|input| {
+            let (open, gate) = (open.clone(), gate.clone());
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.expect("never closed");
+                let mut attempt = 1;
+                loop {
+                    match open(input.clone()).await {
+                        Ok(connection) => return Ok(connection),
+                        Err(error) if attempt >= OPEN_ATTEMPTS_MAX => {
+                            return Err(error.context(format!("{attempt} attempts")))
+                        }
+                        Err(_) => attempt += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut connections = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for task in &mut tasks {
+        match task.await {
+            Ok(Ok(connection)) => connections.push(connection),
+            Ok(Err(error)) => first_error = Some(error),
+            Err(error) => first_error = Some(error.into()),
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+    if let Some(error) = first_error {
+        for task in &tasks {
+            task.abort();
+        }
+        return Err(error.context(format!("opening {what}")));
+    }
+    Ok(connections)
 }
 
 /// A bare session: the connection and its stream, held open and never used.
@@ -459,7 +606,7 @@ struct IdleSession {
 
 /// Opens one bare session on `server` through `endpoint`: TLS, one stream, `hello`, `welcome`.
 async fn open_idle(
-    endpoint: &quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     server: SocketAddr,
     hello: ClientFrame,
@@ -491,8 +638,9 @@ async fn open_idle(
 
 /// Opens `steps.last()` idle sessions on node 0, one user each, and samples node 0's resident
 /// memory before the first and after each count in `steps` is reached (after
-/// [`IDLE_SETTLE`]). The sessions use the client library's QUIC settings (keep-alive every
-/// second) and share one UDP socket per [`IDLE_SESSIONS_PER_ENDPOINT`].
+/// [`IDLE_SETTLE`], over which the node's CPU use is measured). The sessions use the client
+/// library's QUIC settings (keep-alive every second) and share one UDP socket per
+/// [`IDLE_SESSIONS_PER_ENDPOINT`], so they need few file descriptors.
 pub async fn run_idle(cluster: &ProcessCluster, steps: &[usize]) -> anyhow::Result<Vec<IdleSample>> {
     let total = steps.iter().copied().max().unwrap_or(0);
     let quic = natter_client::client::quic_config(&cluster.ca_pem)?;
@@ -501,54 +649,28 @@ pub async fn run_idle(cluster: &ProcessCluster, steps: &[usize]) -> anyhow::Resu
         .map(|_| quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()))
         .collect::<Result<Vec<_>, _>>()
         .context("binding client UDP sockets")?;
-    let settle = |sessions: usize| async move {
-        let cpu_before = cluster.cpu_time(0)?;
-        tokio::time::sleep(IDLE_SETTLE).await;
-        let cpu = cluster.cpu_time(0)?.saturating_sub(cpu_before);
-        let cpu_percent = 100.0 * cpu.as_secs_f64() / IDLE_SETTLE.as_secs_f64();
-        anyhow::Ok(IdleSample { sessions, rss_kib: cluster.rss_kib(0)?, cpu_percent })
-    };
-    let mut samples = vec![settle(0).await?];
-    let mut sessions: Vec<IdleSession> = Vec::with_capacity(total);
-    let gate = Arc::new(Semaphore::new(CONNECTS_CONCURRENT_MAX));
-    for &step in steps {
-        let mut tasks = Vec::new();
-        for index in sessions.len()..step {
-            let user = UserId::new(format!("idle{index}"))?;
-            let hello = ClientFrame::Hello {
-                device: DeviceId::new("idle")?,
-                resume: Default::default(),
-                token: Some(cluster.token(&user)),
-            };
-            let endpoint = endpoints[index / IDLE_SESSIONS_PER_ENDPOINT].clone();
-            let quic = quic.clone();
-            let gate = gate.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.expect("never closed");
-                // A handshake can time out while the node is busy accepting thousands of
-                // others; that says nothing about the memory being measured, so try again.
-                let mut attempt = 1;
-                loop {
-                    match open_idle(&endpoint, quic.clone(), server, hello.clone()).await {
-                        Ok(session) => return Ok(session),
-                        Err(error) if attempt >= IDLE_OPEN_ATTEMPTS_MAX => {
-                            return Err(error.context(format!("{attempt} attempts")))
-                        }
-                        Err(_) => attempt += 1,
-                    }
-                }
-            }));
+    let timing = IdleTiming { settle: Duration::ZERO, cpu_window: IDLE_SETTLE };
+    let (samples, sessions) = grow_idle(cluster, steps, "session", timing, |indexes| {
+        let inputs = indexes
+            .map(|index| {
+                let user = UserId::new(format!("idle{index}"))?;
+                let hello = ClientFrame::Hello {
+                    device: DeviceId::new("idle")?,
+                    resume: Default::default(),
+                    token: Some(cluster.token(&user)),
+                };
+                anyhow::Ok((endpoints[index / IDLE_SESSIONS_PER_ENDPOINT].clone(), hello))
+            })
+            .collect::<anyhow::Result<Vec<_>>>();
+        let quic = quic.clone();
+        async move {
+            open_all(inputs?, "idle sessions", move |(endpoint, hello)| {
+                open_idle(endpoint, quic.clone(), server, hello)
+            })
+            .await
         }
-        for task in tasks {
-            sessions.push(task.await?.map_err(|error| anyhow::anyhow!("opening an idle session: {error:#}"))?);
-        }
-        let sample = settle(sessions.len()).await?;
-        println!(
-            "idle sessions={:<6} node RSS={} KiB, CPU {:.1}% of a core",
-            sample.sessions, sample.rss_kib, sample.cpu_percent
-        );
-        samples.push(sample);
-    }
+    })
+    .await?;
     drop(sessions);
     for endpoint in &endpoints {
         endpoint.close(0u32.into(), b"done");

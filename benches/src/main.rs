@@ -9,6 +9,11 @@
 //!   `natter-node` processes, each to a recipient online on another node: committed messages
 //!   per second, send→ack and send→delivery latencies, every acknowledged message delivered.
 //! - `natter-bench idle-sessions`: a node's resident memory as idle client sessions are added.
+//! - `natter-bench idle-websockets`: the same for idle WebSocket sessions of the browser edge,
+//!   on a single node process, against DESIGN's 8 KiB per connection.
+//! - `natter-bench ws-fanout`: one group conversation whose members are each on a WebSocket,
+//!   one sender: committed messages and deliveries per second, send→delivery latency, and
+//!   every member got every message exactly once, in order.
 //!
 //! Every run is bounded in time, talks only to 127.0.0.1 and stops by itself. Data goes to a
 //! temp dir on the real disk (a tmpfs would make fsync free and the figures meaningless).
@@ -19,6 +24,7 @@ mod etcd;
 mod histogram;
 mod natter;
 mod report;
+mod websockets;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -46,6 +52,10 @@ pub const SHARDS_MAX: u32 = 1024;
 pub const SENDERS_MAX: usize = 1024;
 /// Most idle sessions `idle-sessions` opens.
 pub const IDLE_SESSIONS_MAX: usize = 100_000;
+/// Most idle WebSockets `idle-websockets` opens.
+pub const IDLE_WEBSOCKETS_MAX: usize = 100_000;
+/// Most outstanding sends of the `ws-fanout` sender.
+pub const FANOUT_WINDOW_MAX: usize = natter_proto::limits::OUTSTANDING_SENDS_MAX;
 /// Shortest body of `messages`: the send time is written into its first 16 bytes.
 pub const BODY_BYTES_MIN: usize = 16;
 /// Filesystems on which fsync costs nothing, so durability would not be measured.
@@ -71,6 +81,10 @@ enum Commands {
     Messages(MessagesArgs),
     /// Resident memory of a natter-node process as idle client sessions are added.
     IdleSessions(IdleArgs),
+    /// Resident memory and CPU of one natter-node process as idle WebSocket sessions are added.
+    IdleWebsockets(IdleWebsocketsArgs),
+    /// One group conversation, every member on a WebSocket, every message to every member.
+    WsFanout(FanoutArgs),
 }
 
 /// Options of the commands that run `natter-node` processes.
@@ -117,6 +131,36 @@ struct IdleArgs {
     /// Idle sessions to open on node 1, in four equal steps.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
+    #[command(flatten)]
+    cluster: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+// One node process unless told otherwise: its memory and CPU are then the sessions' alone.
+#[command(mut_arg("nodes", |nodes| nodes.default_value("1")))]
+struct IdleWebsocketsArgs {
+    /// Idle WebSockets to open on node 1, one user each; a list (ascending) samples the node
+    /// after each count.
+    #[arg(long, value_delimiter = ',', default_value = "15000")]
+    connections: Vec<usize>,
+    #[command(flatten)]
+    cluster: ProcessArgs,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    /// Members of the conversation, each a user with one WebSocket (round-robin over the nodes).
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// How long the sender sends, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Sends the sender keeps outstanding (a new one goes as each `send_ok` comes back).
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Bytes of each message body (at least 16: the send time is written into it).
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
     #[command(flatten)]
     cluster: ProcessArgs,
 }
@@ -287,10 +331,86 @@ fn main() -> anyhow::Result<()> {
             let steps: Vec<usize> = (1..=4).map(|step| (args.sessions * step).div_ceil(4)).collect();
             let samples = runtime.block_on(clients::run_idle(&cluster, &steps))?;
             drop(cluster);
-            println!("\n{}", report::idle_table(&samples));
+            println!("\n{}", report::idle_table("session", &samples));
+        }
+        Commands::IdleWebsockets(args) => {
+            let steps = check_idle_websockets(&args)?;
+            print_machine(&args.cluster.dir);
+            let total = steps.last().copied().unwrap_or(0) as u64;
+            // Raised before the node starts, so it inherits the limit for its side of the sockets.
+            let open_files = websockets::raise_open_files(total + websockets::OPEN_FILES_SPARE)?;
+            println!("open files: soft limit {open_files} (this process and the node)");
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let cluster = start_processes(&args.cluster)?;
+            let samples = runtime.block_on(websockets::run_idle_websockets(&cluster, &steps))?;
+            drop(cluster);
+            println!("\n{}", report::idle_table("websocket", &samples));
+            let per_connection = websockets::idle_kib_per_connection(&samples).unwrap_or(f64::NAN);
+            let target = websockets::IDLE_WEBSOCKET_KIB_TARGET;
+            let last = samples.last().expect("a sample per step");
+            println!(
+                "idle-websockets: {} connections, {per_connection:.2} KiB per connection (DESIGN: ≤ {target} KiB, {}), \
+                 node CPU {:.1}% of a core idle (over {} s; {:.1}% with none)",
+                last.sessions,
+                if per_connection <= target { "met" } else { "MISSED" },
+                last.cpu_percent,
+                websockets::IDLE_CPU_WINDOW.as_secs(),
+                samples[0].cpu_percent,
+            );
+        }
+        Commands::WsFanout(args) => {
+            check_fanout(&args)?;
+            print_machine(&args.cluster.dir);
+            websockets::raise_open_files(args.members as u64 + 1 + websockets::OPEN_FILES_SPARE)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let cluster = start_processes(&args.cluster)?;
+            let duration = Duration::from_secs(args.seconds);
+            let report = runtime.block_on(websockets::run_fanout(
+                &cluster,
+                args.members,
+                args.window,
+                args.body_bytes,
+                duration,
+            ))?;
+            drop(cluster);
+            println!("\n{}", report::fanout_table(&report));
+            for failure in &report.failures {
+                println!("  {failure}");
+            }
+            println!("{}", report.line());
+            if !report.verified() {
+                bail!("not every member got every message exactly once and in order");
+            }
         }
     }
     Ok(())
+}
+
+/// Refuses idle-websocket options outside the limits; the counts to sample at, ascending.
+fn check_idle_websockets(args: &IdleWebsocketsArgs) -> anyhow::Result<Vec<usize>> {
+    let counts = &args.connections;
+    if counts.is_empty() || counts.iter().any(|&count| count == 0 || count > IDLE_WEBSOCKETS_MAX) {
+        bail!("--connections must list counts in 1..={IDLE_WEBSOCKETS_MAX}, got {counts:?}");
+    }
+    check_processes(&args.cluster)?;
+    let mut steps = counts.clone();
+    steps.sort_unstable();
+    steps.dedup();
+    Ok(steps)
+}
+
+/// Refuses fan-out options outside the limits.
+fn check_fanout(args: &FanoutArgs) -> anyhow::Result<()> {
+    let members_max = natter_proto::limits::MEMBERS_MAX;
+    if !(2..=members_max).contains(&args.members) {
+        bail!("--members must be in 2..={members_max}, got {}", args.members);
+    }
+    check_seconds(args.seconds)?;
+    if args.window == 0 || args.window > FANOUT_WINDOW_MAX {
+        bail!("--window must be in 1..={FANOUT_WINDOW_MAX}, got {}", args.window);
+    }
+    check_stamped_body(args.body_bytes)?;
+    check_processes(&args.cluster)
 }
 
 /// Refuses messaging options outside the limits.
@@ -298,14 +418,26 @@ fn check_messages(args: &MessagesArgs) -> anyhow::Result<()> {
     if args.senders.is_empty() || args.senders.iter().any(|&count| count == 0 || count > SENDERS_MAX) {
         bail!("--senders must list counts in 1..={SENDERS_MAX}, got {:?}", args.senders);
     }
-    if args.seconds == 0 || args.seconds > SECONDS_MAX {
-        bail!("--seconds must be in 1..={SECONDS_MAX}, got {}", args.seconds);
-    }
-    let body_max = natter_proto::limits::BODY_BYTES_MAX;
-    if args.body_bytes < BODY_BYTES_MIN || args.body_bytes > body_max {
-        bail!("--body-bytes must be in {BODY_BYTES_MIN}..={body_max}, got {}", args.body_bytes);
-    }
+    check_seconds(args.seconds)?;
+    check_stamped_body(args.body_bytes)?;
     check_processes(&args.cluster)
+}
+
+/// Refuses a run length outside the limits.
+fn check_seconds(seconds: u64) -> anyhow::Result<()> {
+    if seconds == 0 || seconds > SECONDS_MAX {
+        bail!("--seconds must be in 1..={SECONDS_MAX}, got {seconds}");
+    }
+    Ok(())
+}
+
+/// Refuses a body too short for its send time, or over the protocol's limit.
+fn check_stamped_body(body_bytes: usize) -> anyhow::Result<()> {
+    let body_max = natter_proto::limits::BODY_BYTES_MAX;
+    if body_bytes < BODY_BYTES_MIN || body_bytes > body_max {
+        bail!("--body-bytes must be in {BODY_BYTES_MIN}..={body_max}, got {body_bytes}");
+    }
+    Ok(())
 }
 
 /// Refuses cluster options outside the limits, and a data dir on a memory filesystem.
@@ -338,9 +470,7 @@ fn check_run(run: &RunArgs) -> anyhow::Result<()> {
     if run.proposers.is_empty() || run.proposers.iter().any(|&count| count == 0 || count > PROPOSERS_MAX) {
         bail!("--proposers must list counts in 1..={PROPOSERS_MAX}, got {:?}", run.proposers);
     }
-    if run.seconds == 0 || run.seconds > SECONDS_MAX {
-        bail!("--seconds must be in 1..={SECONDS_MAX}, got {}", run.seconds);
-    }
+    check_seconds(run.seconds)?;
     check_real_disk(&run.dir)
 }
 
@@ -502,5 +632,30 @@ mod tests {
         assert_eq!(args.run.seconds, 2);
         assert_eq!(args.natter.shards, 64);
         assert!(args.etcd.endpoints.is_empty());
+    }
+
+    #[test]
+    fn idle_websockets_run_one_node_unless_told() {
+        let cli = Cli::try_parse_from(["natter-bench", "idle-websockets", "--connections", "15000,1000"]).unwrap();
+        let Commands::IdleWebsockets(args) = cli.command else { panic!("expected idle-websockets") };
+        assert_eq!(args.cluster.nodes, 1);
+        assert_eq!(check_idle_websockets(&args).unwrap(), [1000, 15000]);
+        let cli = Cli::try_parse_from(["natter-bench", "idle-websockets", "--nodes", "3"]).unwrap();
+        let Commands::IdleWebsockets(args) = cli.command else { panic!("expected idle-websockets") };
+        assert_eq!((args.cluster.nodes, args.connections.as_slice()), (3, [15000].as_slice()));
+        let cli = Cli::try_parse_from(["natter-bench", "idle-sessions"]).unwrap();
+        let Commands::IdleSessions(args) = cli.command else { panic!("expected idle-sessions") };
+        assert_eq!(args.cluster.nodes, 3, "the other commands keep three nodes");
+    }
+
+    #[test]
+    fn fanout_members_fit_one_conversation() {
+        let cli = Cli::try_parse_from(["natter-bench", "ws-fanout"]).unwrap();
+        let Commands::WsFanout(args) = cli.command else { panic!("expected ws-fanout") };
+        assert_eq!((args.members, args.seconds, args.window, args.cluster.nodes), (1000, 5, 64, 3));
+        assert!(check_fanout(&args).is_ok());
+        let cli = Cli::try_parse_from(["natter-bench", "ws-fanout", "--members", "1025"]).unwrap();
+        let Commands::WsFanout(args) = cli.command else { panic!("expected ws-fanout") };
+        assert!(check_fanout(&args).is_err());
     }
 }

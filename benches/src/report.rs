@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::clients::{IdleSample, MessagesReport};
 use crate::histogram::LatencyHistogram;
+use crate::websockets::FanoutReport;
 
 /// The outcome of one closed-loop run of one system at one concurrency.
 #[derive(Debug, Clone)]
@@ -155,10 +156,11 @@ pub fn messages_as_runs(reports: &[MessagesReport]) -> Vec<RunReport> {
 }
 
 /// A Markdown table of a node's memory per idle-session count, with the growth per session
-/// against the first sample (the baseline, no sessions) and against the previous one.
-pub fn idle_table(samples: &[IdleSample]) -> String {
-    let mut out = String::from(
-        "| idle sessions | node RSS KiB | KiB per session since 0 | KiB per session since previous | node CPU % of a core |\n| ---: | ---: | ---: | ---: | ---: |\n",
+/// against the first sample (the baseline, no sessions) and against the previous one. `noun`
+/// names what is idle (`session`, `websocket`).
+pub fn idle_table(noun: &str, samples: &[IdleSample]) -> String {
+    let mut out = format!(
+        "| idle {noun}s | node RSS KiB | KiB per {noun} since 0 | KiB per {noun} since previous | node CPU % of a core |\n| ---: | ---: | ---: | ---: | ---: |\n",
     );
     let per_session = |from: &IdleSample, to: &IdleSample| {
         let sessions = to.sessions.saturating_sub(from.sessions);
@@ -178,6 +180,42 @@ pub fn idle_table(samples: &[IdleSample]) -> String {
             sample.sessions, sample.rss_kib, sample.cpu_percent
         );
     }
+    out
+}
+
+/// A Markdown table of a fan-out run: one sender, every message to every member.
+pub fn fanout_table(report: &FanoutReport) -> String {
+    let mut out = String::from(
+        "| members | nodes | window | committed | msgs/s | rate-limited sends | deliveries | deliveries/s | \
+         send→ack p50 ms | p99 ms | send→delivery p50 ms | p99 ms | max ms | nodes CPU % idle group | \
+         nodes CPU % sending | bench CPU % | exactly once, in order |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    let checked = match (report.verified(), report.members_wrong) {
+        (true, _) => "yes".to_string(),
+        (false, 0) => "NO (the sender failed)".to_string(),
+        (false, wrong) => format!("NO ({wrong} members wrong)"),
+    };
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {:.0} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} | {:.0} | {checked} |",
+        report.members,
+        report.nodes,
+        report.window,
+        report.committed,
+        report.messages_per_second(),
+        report.rate_limited,
+        report.deliveries.count(),
+        report.deliveries_per_second(),
+        milliseconds(report.acks.quantile(0.5)),
+        milliseconds(report.acks.quantile(0.99)),
+        milliseconds(report.deliveries.quantile(0.5)),
+        milliseconds(report.deliveries.quantile(0.99)),
+        milliseconds(report.deliveries.max()),
+        report.nodes_cpu_idle_percent,
+        report.nodes_cpu_percent,
+        report.bench_cpu_percent,
+    );
     out
 }
 
@@ -224,10 +262,42 @@ mod tests {
             IdleSample { sessions: 1000, rss_kib: 60_000, cpu_percent: 2.5 },
             IdleSample { sessions: 2000, rss_kib: 66_000, cpu_percent: 4.0 },
         ];
-        let table = idle_table(&samples);
+        let table = idle_table("session", &samples);
+        assert!(table.starts_with("| idle sessions | node RSS KiB | KiB per session since 0 |"), "{table}");
         assert!(table.contains("| 0 | 50000 | – | – | 1.0 |"), "{table}");
         assert!(table.contains("| 1000 | 60000 | 10.00 | 10.00 | 2.5 |"), "{table}");
         assert!(table.contains("| 2000 | 66000 | 8.00 | 6.00 | 4.0 |"), "{table}");
+    }
+
+    #[test]
+    fn a_fanout_row_says_whether_delivery_was_exact() {
+        let mut latencies = LatencyHistogram::default();
+        for _ in 0..4 {
+            latencies.record(Duration::from_millis(2));
+        }
+        let mut fanout = FanoutReport {
+            members: 2,
+            nodes: 3,
+            window: 64,
+            rate_limited: 1,
+            committed: 2,
+            sending: Duration::from_secs(1),
+            delivering: Duration::from_secs(2),
+            acks: LatencyHistogram::default(),
+            deliveries: latencies,
+            members_wrong: 0,
+            failures: Vec::new(),
+            nodes_cpu_idle_percent: 12.0,
+            nodes_cpu_percent: 150.0,
+            bench_cpu_percent: 40.0,
+        };
+        let table = fanout_table(&fanout);
+        let row = "| 2 | 3 | 64 | 2 | 2 | 1 | 4 | 2 | 0.000 | 0.000 | 2.000 | 2.000 | 2.000 | 12 | 150 | 40 | yes |";
+        assert!(table.contains(row), "{table}");
+        fanout.failures.push("sender: 1 errors".into());
+        assert!(fanout_table(&fanout).contains("| NO (the sender failed) |"));
+        fanout.members_wrong = 1;
+        assert!(fanout_table(&fanout).contains("| NO (1 members wrong) |"));
     }
 
     #[test]
