@@ -36,7 +36,19 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Raises the open-file soft limit to the hard one: every client connection is a socket (a
+/// WebSocket or SSE stream a TCP one), and the usual soft default of 1,024 would refuse
+/// clients long before the node is busy.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum != limit.current {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    raise_open_files_limit();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
