@@ -12,14 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use natter_node::config::{Config, NodeAddress};
-use natter_node::env::NodeEnv;
-use natter_proto::UserId;
+use natter_node::rate::RateLimits;
 use natter_raft::types::Runtime;
-use natter_raft::Durability;
-use rand::SeedableRng;
+use support::token;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+mod support;
+
 /// How long one run of the browser script may take before it is killed.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -31,30 +29,6 @@ fn browser_dir() -> PathBuf {
 /// `<target>/browser-artifacts`, beside cargo's per-test scratch directory.
 fn artifact_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target directory").join("browser-artifacts")
-}
-
-fn token(user: &str) -> String {
-    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    key.issue(&UserId::new(user).unwrap(), now, 3600)
-}
-
-/// One node serving HTTP on loopback, 8 shards, ready.
-async fn start_node(dir: &Path) -> natter_node::NodeHandle {
-    natter_node::tls::write_cluster_certs(&dir.join("tls"), &[1], &mut rand::rngs::StdRng::seed_from_u64(4)).unwrap();
-    let address = NodeAddress {
-        id: 1,
-        peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-    };
-    let config = Config { jwt_secret: Some(SECRET.into()), ..Config::cluster_member(1, &[address], 8, dir) };
-    let mut env = NodeEnv::production(config.data_dir.clone());
-    env.durability = Durability::NoSync;
-    let handle = natter_node::run_node(config, env).await.unwrap();
-    while !handle.cluster().is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    handle
 }
 
 struct Outcome {
@@ -111,8 +85,8 @@ fn two_users_chat_in_chromium_over_each_transport() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(Runtime::scope(6, async {
-        let dir = tempfile::tempdir().unwrap();
-        let node = start_node(dir.path()).await;
+        let mut cluster = support::start_in_process(1, true, RateLimits::default()).await;
+        let node = cluster.handles.pop().expect("one node");
         let base_url = format!("http://{}", node.http_addr().expect("http is on"));
         // Each transport has users of its own, so one run's conversation never shows in another.
         for transport in ["ws", "sse", "poll"] {

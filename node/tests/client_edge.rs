@@ -8,17 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_node::config::{Config, NodeAddress};
-use natter_node::env::NodeEnv;
+use natter_node::rate::RateLimits;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frames::{ClientFrame, ServerFrame};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::types::Runtime;
-use natter_raft::Durability;
-use rand::SeedableRng;
 use rustls::pki_types::pem::PemObject;
+use support::{token, InProcess, SECRET};
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+mod support;
 
 /// One node of an in-process cluster, as a client sees it.
 struct Node {
@@ -42,45 +40,10 @@ impl Cluster {
 
 /// `count` nodes in this process, 8 shards, all ready.
 async fn start_cluster(count: u64) -> Cluster {
-    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let tls_dir = dir.path().join("tls");
-    let ids: Vec<u64> = (1..=count).collect();
-    natter_node::tls::write_cluster_certs(&tls_dir, &ids, &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
-    let addresses: Vec<NodeAddress> = ids
-        .iter()
-        .map(|&id| NodeAddress {
-            id,
-            peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-        })
-        .collect();
-    let mut handles = Vec::new();
-    for &id in &ids {
-        let config = Config {
-            proposal_timeout_ms: 5_000,
-            jwt_secret: Some(SECRET.into()),
-            ..Config::cluster_member(id, &addresses, 8, dir.path())
-        };
-        let mut env = NodeEnv::production(config.data_dir.clone());
-        env.durability = Durability::NoSync;
-        env.http = false;
-        handles.push(natter_node::run_node(config, env).await.unwrap());
-    }
-    for handle in &handles {
-        while !handle.cluster().is_ready() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let ca_pem = std::fs::read(tls_dir.join("ca.pem")).unwrap();
+    let InProcess { dir, handles } = support::start_in_process(count, false, RateLimits::default()).await;
+    let ca_pem = std::fs::read(dir.path().join("tls/ca.pem")).unwrap();
     let nodes = handles.iter().map(|handle| Node { addr: handle.peer_addr(), ca_pem: ca_pem.clone() }).collect();
     Cluster { _dir: dir, nodes, handles }
-}
-
-fn token(user: &str) -> String {
-    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    key.issue(&UserId::new(user).unwrap(), now, 3600)
 }
 
 struct Client {

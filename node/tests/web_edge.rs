@@ -9,21 +9,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use natter_node::config::{Config, NodeAddress};
-use natter_node::env::NodeEnv;
 use natter_node::rate::RateLimits;
 use natter_proto::frames::{ClientFrame, PresencePrivacy, ServerFrame};
 use natter_proto::json::{decode_server, encode_client};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::types::Runtime;
-use natter_raft::Durability;
-use rand::SeedableRng;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+use support::{token, InProcess};
+
+mod support;
+
 /// How long a test waits for any one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(5);
 
@@ -48,44 +47,9 @@ async fn start_cluster(count: u64) -> Cluster {
 
 /// As [`start_cluster`], with `rate_limits`.
 async fn start_cluster_limited(count: u64, rate_limits: RateLimits) -> Cluster {
-    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::tempdir_in(base).unwrap();
-    let ids: Vec<u64> = (1..=count).collect();
-    natter_node::tls::write_cluster_certs(&dir.path().join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(4))
-        .unwrap();
-    let addresses: Vec<NodeAddress> = ids
-        .iter()
-        .map(|&id| NodeAddress {
-            id,
-            peer_addr: std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-        })
-        .collect();
-    let mut handles = Vec::new();
-    for &id in &ids {
-        let config = Config {
-            proposal_timeout_ms: 5_000,
-            jwt_secret: Some(SECRET.into()),
-            rate_limits: rate_limits.clone(),
-            ..Config::cluster_member(id, &addresses, 8, dir.path())
-        };
-        let mut env = NodeEnv::production(config.data_dir.clone());
-        env.durability = Durability::NoSync;
-        handles.push(natter_node::run_node(config, env).await.unwrap());
-    }
-    for handle in &handles {
-        while !handle.cluster().is_ready() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    let InProcess { dir, handles } = support::start_in_process(count, true, rate_limits).await;
     let http = handles.iter().map(|handle| handle.http_addr().expect("http is on")).collect();
     Cluster { _dir: dir, http, handles }
-}
-
-fn token(user: &str) -> String {
-    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    key.issue(&UserId::new(user).unwrap(), now, 3600)
 }
 
 fn run<F: std::future::Future>(future: F) -> F::Output {

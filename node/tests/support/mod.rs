@@ -1,4 +1,5 @@
-//! Real `natter-node` processes on loopback for integration tests.
+//! Nodes on loopback for integration tests: real `natter-node` processes, or nodes in the
+//! test's own process.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -155,4 +156,54 @@ pub fn shard_view(status: &Value) -> BTreeMap<u64, (Option<u64>, u64)> {
             (shard["shard"].as_u64().unwrap(), (shard["leader"].as_u64(), shard["applied_index"].as_u64().unwrap()))
         })
         .collect()
+}
+
+/// The JWT secret of in-process test clusters.
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// A token for `user`, valid for an hour, signed with [`SECRET`].
+pub fn token(user: &str) -> String {
+    let key = natter_node::auth::TokenKey::new(SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    key.issue(&natter_proto::UserId::new(user).unwrap(), now, 3600)
+}
+
+/// Nodes running in the test's own process.
+pub struct InProcess {
+    pub dir: tempfile::TempDir,
+    pub handles: Vec<natter_node::NodeHandle>,
+}
+
+/// `count` nodes in this process (on tmpfs where there is one), 8 shards, client tokens signed
+/// with [`SECRET`], HTTP on loopback if `http`, with `rate_limits`; returns once all are ready.
+/// Must run inside `Runtime::scope`.
+pub async fn start_in_process(count: u64, http: bool, rate_limits: natter_node::rate::RateLimits) -> InProcess {
+    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let ids: Vec<u64> = (1..=count).collect();
+    natter_node::tls::write_cluster_certs(&dir.path().join("tls"), &ids, &mut rand::rngs::StdRng::seed_from_u64(4))
+        .unwrap();
+    let addresses: Vec<NodeAddress> = ids
+        .iter()
+        .map(|&id| NodeAddress { id, peer_addr: free_udp(), http_addr: "127.0.0.1:0".parse().unwrap() })
+        .collect();
+    let mut handles = Vec::new();
+    for &id in &ids {
+        let config = Config {
+            proposal_timeout_ms: 5_000,
+            jwt_secret: Some(SECRET.into()),
+            rate_limits: rate_limits.clone(),
+            ..Config::cluster_member(id, &addresses, 8, dir.path())
+        };
+        let mut env = natter_node::env::NodeEnv::production(config.data_dir.clone());
+        env.durability = natter_raft::Durability::NoSync;
+        env.http = http;
+        handles.push(natter_node::run_node(config, env).await.unwrap());
+    }
+    for handle in &handles {
+        while !handle.cluster().is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    InProcess { dir, handles }
 }
