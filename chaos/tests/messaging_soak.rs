@@ -4,22 +4,8 @@
 //! has every message of its conversations exactly once, in seq order, identical across
 //! devices; every `send_ok` seq holds its message; no `client_seq` appears twice.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use natter_chaos::messaging::{run, SoakOptions};
-
-/// `<target>/debug/natter-node`, built first if this test was run without the workspace.
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = target.join("debug").join("natter-node");
-    if !binary.is_file() {
-        let status = Command::new(env!("CARGO")).args(["build", "-p", "natter-node"]).status().unwrap();
-        assert!(status.success(), "building natter-node failed");
-    }
-    binary
-}
+use natter_chaos::node_binary;
 
 #[test]
 fn twenty_thousand_messages_survive_three_leader_kills() {

@@ -5,24 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use natter_chaos::node_binary;
 use natter_client::client::{Client, ClientConfig, Event, MemoryCursors};
 use natter_client::local::{self, UpOptions};
 use natter_proto::{DeviceId, PresencePrivacy, PresenceStatus, UserId};
-
-/// `<target>/debug/natter-node`, built first if this test was run without the workspace.
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = target.join("debug").join("natter-node");
-    if !binary.is_file() {
-        let status = Command::new(env!("CARGO")).args(["build", "-p", "natter-node"]).status().unwrap();
-        assert!(status.success(), "building natter-node failed");
-    }
-    binary
-}
 
 struct Cluster {
     dir: PathBuf,
