@@ -233,6 +233,11 @@ pub struct Deliveries {
     /// Wakes the interest refresh when `fresh` gains a topic.
     fresh_added: Notify,
     interest: Mutex<BTreeMap<Topic, BTreeMap<NodeId, Instant>>>,
+    /// The presence last handed to every local watcher of each user, kept while a local
+    /// session watches the user. Every interest refresh repeats each watched user's presence;
+    /// without this a 1,000-member group would cost its node a million session pushes a second
+    /// doing nothing.
+    presence: Mutex<BTreeMap<UserId, Arc<Push>>>,
     /// Test hook: how many more [`Push::Joined`] to drop on arrival.
     joins_to_drop: AtomicU64,
 }
@@ -248,23 +253,47 @@ impl Deliveries {
 
     /// Adds `topic` to session `id`'s subscriptions. A topic no local session wanted before is
     /// registered with its leader at once (see [`Deliveries::take_fresh`]).
+    ///
+    /// A session that starts watching a user other local sessions already watch gets the
+    /// presence they were last given at once: the leader will not repeat it to this node.
     pub fn subscribe(&self, id: u64, topic: Topic) {
         let mut local = self.local.lock().expect("local lock");
         let sessions = local.entry(topic.clone()).or_default();
         if sessions.is_empty() {
-            self.fresh.lock().expect("fresh lock").insert(topic);
+            self.fresh.lock().expect("fresh lock").insert(topic.clone());
             self.fresh_added.notify_one();
         }
-        sessions.insert(id);
+        if !sessions.insert(id) {
+            return;
+        }
+        if let Topic::Presence(user) = &topic {
+            let mut presence = self.presence.lock().expect("presence lock");
+            let Some(push) = presence.get(user).cloned() else { return };
+            let sent = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .get(&id)
+                .is_some_and(|sender| sender.try_send(push).is_ok());
+            if !sent {
+                // The session missed it: the next refresh must reach it again.
+                presence.remove(user);
+            }
+        }
     }
 
     /// Removes session `id` everywhere.
     pub fn close(&self, id: u64) {
         self.sessions.lock().expect("sessions lock").remove(&id);
         let mut local = self.local.lock().expect("local lock");
-        local.retain(|_, sessions| {
+        let mut presence = self.presence.lock().expect("presence lock");
+        local.retain(|topic, sessions| {
             sessions.remove(&id);
-            !sessions.is_empty()
+            let watched = !sessions.is_empty();
+            if let (Topic::Presence(user), false) = (topic, watched) {
+                presence.remove(user);
+            }
+            watched
         });
     }
 
@@ -288,22 +317,39 @@ impl Deliveries {
 
     /// Hands `push` to every local session subscribed to its topic. A session whose queue is
     /// full misses it and catches up at the next refresh.
+    ///
+    /// A presence push equal to the one last handed to this user's watchers is dropped here,
+    /// once per node rather than once per session. If any watcher missed the last one (its
+    /// queue was full), nothing is remembered, so the next refresh reaches every watcher again.
     pub fn dispatch(&self, push: Push) {
         if matches!(push, Push::Joined { .. })
             && self.joins_to_drop.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
         {
             return;
         }
-        let targets: Vec<u64> = match self.local.lock().expect("local lock").get(&push.topic()) {
-            Some(sessions) => sessions.iter().copied().collect(),
-            None => return,
-        };
+        let local = self.local.lock().expect("local lock");
+        let Some(targets) = local.get(&push.topic()) else { return };
         let push = Arc::new(push);
-        let sessions = self.sessions.lock().expect("sessions lock");
-        for id in targets {
-            if let Some(sender) = sessions.get(&id) {
-                let _ = sender.try_send(push.clone());
+        let mut presence = self.presence.lock().expect("presence lock");
+        let presence_of = match &*push {
+            Push::Presence { user, .. } => {
+                if presence.get(user) == Some(&push) {
+                    return;
+                }
+                presence.remove(user);
+                Some(user)
             }
+            _ => None,
+        };
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let mut missed = false;
+        for id in targets {
+            if let Some(sender) = sessions.get(id) {
+                missed |= sender.try_send(push.clone()).is_err();
+            }
+        }
+        if let (Some(user), false) = (presence_of, missed) {
+            presence.insert(user.clone(), push.clone());
         }
     }
 
@@ -421,6 +467,69 @@ mod tests {
         assert_eq!(phone.pushes.try_recv(), Ok(Arc::new(listing)), "the join was dropped, the listing was not");
         deliveries.dispatch(joined.clone());
         assert_eq!(phone.pushes.try_recv(), Ok(Arc::new(joined)));
+    }
+
+    #[tokio::test]
+    async fn repeated_presence_reaches_watchers_once_and_new_watchers_at_once() {
+        let deliveries = Deliveries::default();
+        let presence = |status| Push::Presence {
+            user: user("bob"),
+            status,
+            last_seen: None,
+            custom: None,
+            privacy: PresencePrivacy::Everyone,
+        };
+        let online = presence(PresenceStatus::Online);
+        let mut a = deliveries.open();
+        let mut b = deliveries.open();
+        deliveries.subscribe(a.id, Topic::Presence(user("bob")));
+        deliveries.subscribe(b.id, Topic::Presence(user("bob")));
+        deliveries.dispatch(online.clone());
+        deliveries.dispatch(online.clone());
+        assert_eq!(a.pushes.try_recv(), Ok(Arc::new(online.clone())));
+        assert!(a.pushes.try_recv().is_err(), "the repeat is dropped on the node");
+        assert_eq!(b.pushes.try_recv(), Ok(Arc::new(online.clone())));
+        assert!(b.pushes.try_recv().is_err());
+
+        // A new watcher of a user already watched here is handed the presence at once.
+        let mut c = deliveries.open();
+        deliveries.subscribe(c.id, Topic::Presence(user("bob")));
+        assert_eq!(c.pushes.try_recv(), Ok(Arc::new(online.clone())));
+        deliveries.subscribe(c.id, Topic::Presence(user("bob")));
+        assert!(c.pushes.try_recv().is_err(), "subscribing twice hands it over once");
+
+        // A change goes out; other users' presence is not held back by bob's.
+        let away = presence(PresenceStatus::Away);
+        deliveries.dispatch(away.clone());
+        for session in [&mut a, &mut b, &mut c] {
+            assert_eq!(session.pushes.try_recv(), Ok(Arc::new(away.clone())));
+        }
+
+        // A watcher whose queue was full misses a change; the next repeat reaches it.
+        deliveries.subscribe(a.id, topic(1));
+        for _ in 0..SESSION_PUSH_QUEUE_MAX {
+            deliveries.dispatch(Push::Behind { conversation: conversation(1), last_seq: 1 });
+        }
+        deliveries.dispatch(online.clone());
+        assert_eq!(b.pushes.try_recv(), Ok(Arc::new(online.clone())));
+        while a.pushes.try_recv().is_ok() {}
+        deliveries.dispatch(online.clone());
+        assert_eq!(a.pushes.try_recv(), Ok(Arc::new(online.clone())), "the repeat heals the one that missed");
+        assert_eq!(b.pushes.try_recv(), Ok(Arc::new(online.clone())), "the others drop it themselves");
+        deliveries.dispatch(online.clone());
+        assert!(a.pushes.try_recv().is_err() && b.pushes.try_recv().is_err(), "and then it is known again");
+
+        // When nobody here watches bob any more, his presence is forgotten: a watcher that
+        // comes later waits for the leader's answer to the fresh interest.
+        for session in [a.id, b.id, c.id] {
+            deliveries.close(session);
+        }
+        let mut d = deliveries.open();
+        deliveries.subscribe(d.id, Topic::Presence(user("bob")));
+        assert!(d.pushes.try_recv().is_err());
+        assert_eq!(deliveries.take_fresh(), vec![Topic::Presence(user("bob"))]);
+        deliveries.dispatch(online.clone());
+        assert_eq!(d.pushes.try_recv(), Ok(Arc::new(online)));
     }
 
     #[tokio::test]
