@@ -161,6 +161,10 @@ struct FanoutArgs {
     /// Bytes of each message body (at least 16: the send time is written into it).
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
+    /// How long the group sits idle after every member joined, before sending; the nodes'
+    /// CPU use over this time is the "idle group" column.
+    #[arg(long, default_value_t = 3)]
+    settle_seconds: u64,
     #[command(flatten)]
     cluster: ProcessArgs,
 }
@@ -371,6 +375,7 @@ fn main() -> anyhow::Result<()> {
                 args.window,
                 args.body_bytes,
                 duration,
+                Duration::from_secs(args.settle_seconds),
             ))?;
             drop(cluster);
             println!("\n{}", report::fanout_table(&report));

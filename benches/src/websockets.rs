@@ -42,9 +42,6 @@ pub const IDLE_CPU_WINDOW: Duration = Duration::from_secs(10);
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the members may take to learn of the conversation after it is created.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the run waits after every member joined before sending: joining makes every
-/// member watch every other member's presence, and the first round of it goes out then.
-pub const JOIN_SETTLE: Duration = Duration::from_secs(3);
 /// How long the sender waits for the answers to its last window of sends after the run: on
 /// a saturated cluster 64 sends at 6 a second take 11 s.
 pub const SEND_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,8 +212,9 @@ pub struct FanoutReport {
     pub members_wrong: usize,
     /// What went wrong, for the first few members (and the sender).
     pub failures: Vec<String>,
-    /// The nodes' CPU use, added up, while the group sat idle before sending
-    /// ([`JOIN_SETTLE`]), percent of one core.
+    /// The nodes' CPU use, added up, while the group sat idle before sending (the `settle`
+    /// time; joining makes every member watch every other member's presence, and the first
+    /// round of it goes out then), percent of one core.
     pub nodes_cpu_idle_percent: f64,
     /// The nodes' CPU use, added up, from the first send until the last member was done.
     pub nodes_cpu_percent: f64,
@@ -571,6 +569,7 @@ pub async fn run_fanout(
     window: usize,
     body_bytes: usize,
     duration: Duration,
+    settle: Duration,
 ) -> anyhow::Result<FanoutReport> {
     let nodes = cluster.node_count();
     let users = (0..members).map(|index| UserId::new(format!("fan{index}"))).collect::<Result<Vec<_>, _>>()?;
@@ -622,9 +621,9 @@ pub async fn run_fanout(
 
     let opening = Opening::new(cluster, members, 0, &users[0], "sender")?;
     let (mut socket, _) = open_websocket(opening).await.context("opening the sender's websocket")?;
-    let (nodes_cpu, settle) = (cluster.cpu_time_all()?, Instant::now());
-    tokio::time::sleep(JOIN_SETTLE).await;
-    let nodes_cpu_idle_percent = cpu_percent(cluster.cpu_time_all()?.saturating_sub(nodes_cpu), settle.elapsed());
+    let (nodes_cpu, settled_from) = (cluster.cpu_time_all()?, Instant::now());
+    tokio::time::sleep(settle).await;
+    let nodes_cpu_idle_percent = cpu_percent(cluster.cpu_time_all()?.saturating_sub(nodes_cpu), settled_from.elapsed());
     let (nodes_cpu, bench_cpu) = (cluster.cpu_time_all()?, process_cpu_time("self")?);
     let start = Instant::now();
     let sender = run_sender(&mut socket, conversation, window, body_bytes, duration, origin).await;
