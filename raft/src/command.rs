@@ -60,6 +60,23 @@ pub enum Command {
         /// UTF-8 text, at most `BODY_BYTES_MAX` bytes.
         body: String,
     },
+    /// Append several messages of one device to one conversation, in order: the sends a
+    /// session received while its previous batch for the conversation was committing. Each is
+    /// applied as [`Command::Append`] would be, alone (one refused message refuses only
+    /// itself), all with the same proposer timestamp. At most [`APPEND_MANY_MAX`] messages and
+    /// [`APPEND_MANY_BYTES_MAX`] bytes of bodies.
+    AppendMany {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The sending user; must be a member.
+        sender: UserId,
+        /// The sending device.
+        device: DeviceId,
+        /// The proposer's wall clock in ms; the state machine keeps timestamps monotonic.
+        ts: u64,
+        /// The messages, in the order the device sent them.
+        messages: Vec<Outgoing>,
+    },
     /// Move a device's delivered and/or read cursor forward (never backwards).
     MoveCursor {
         /// The conversation.
@@ -135,6 +152,10 @@ impl fmt::Display for Command {
             Self::Append { conversation, sender, device, client_seq, .. } => {
                 write!(f, "append to {conversation} from {sender}/{device}#{client_seq}")
             }
+            Self::AppendMany { conversation, sender, device, messages, .. } => {
+                let first = messages.first().map_or(0, |message| message.client_seq);
+                write!(f, "append {} to {conversation} from {sender}/{device}#{first}..", messages.len())
+            }
             Self::MoveCursor { conversation, user, device, delivered, read } => {
                 write!(f, "cursor {conversation} {user}/{device} d={delivered:?} r={read:?}")
             }
@@ -172,6 +193,11 @@ pub enum Response {
         ts: u64,
         /// True when this was a resend of an already-committed `client_seq`: nothing was appended.
         duplicate: bool,
+    },
+    /// Each message's outcome, in the order of [`Command::AppendMany`]'s messages.
+    AppendedMany {
+        /// The message's place, or why it was refused.
+        outcomes: Vec<Result<Placed, CommandError>>,
     },
     /// The device's cursors after the move.
     Cursor {
@@ -256,6 +282,36 @@ pub struct ConversationView {
 /// A committed message as readers see it: the wire record itself, so history and delivery
 /// hand out what the state machine stored without a copy into another shape.
 pub type MessageView = natter_proto::frames::MessageRecord;
+
+/// Most messages one [`Command::AppendMany`] carries.
+pub const APPEND_MANY_MAX: usize = 64;
+
+/// Most body bytes one [`Command::AppendMany`] carries, all messages together. A message of
+/// the largest body always fits; 64 entries of this size (openraft's `max_payload_entries`)
+/// stay well inside the peer frame limit.
+pub const APPEND_MANY_BYTES_MAX: usize = 128 * 1024;
+
+/// One message inside [`Command::AppendMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The device's own strictly increasing send number.
+    pub client_seq: u64,
+    /// UTF-8 text, at most `BODY_BYTES_MAX` bytes.
+    pub body: String,
+}
+
+/// Where one message of [`Command::AppendMany`] went, as [`Response::Appended`] says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The conversation (for a resend, the one the `client_seq` was first appended to).
+    pub conversation: ConversationId,
+    /// Its seq.
+    pub seq: u64,
+    /// The server timestamp recorded with it.
+    pub ts: u64,
+    /// True when this was a resend of an already-committed `client_seq`: nothing was appended.
+    pub duplicate: bool,
+}
 
 /// Most cursor moves one [`Command::MoveCursors`] carries.
 pub const CURSOR_MOVES_MAX: usize = 1024;

@@ -13,8 +13,8 @@ use natter_proto::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, OutboxId, OutboxItem, Response,
-    UserRecord, UserSettings, CURSOR_MOVES_MAX,
+    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, OutboxId, OutboxItem, Outgoing, Placed,
+    Response, UserRecord, UserSettings, APPEND_MANY_BYTES_MAX, APPEND_MANY_MAX, CURSOR_MOVES_MAX,
 };
 use crate::placement::ShardId;
 use crate::tables::{decode, delete_prefix, get, put, read_u64, Key, Tables};
@@ -69,6 +69,9 @@ pub fn apply(
         Command::RemoveMembers { conversation, by, members } => machine.remove_members(txn, conversation, by, members),
         Command::Append { conversation, sender, device, client_seq, ts, body } => {
             machine.append(txn, conversation, sender, device, *client_seq, *ts, body)
+        }
+        Command::AppendMany { conversation, sender, device, ts, messages } => {
+            machine.append_many(txn, conversation, sender, device, *ts, messages)
         }
         Command::MoveCursor { conversation, user, device, delivered, read } => {
             machine.move_cursor(txn, conversation, user, device, *delivered, *read)
@@ -370,6 +373,36 @@ impl Machine<'_> {
             }
         }
         Ok(Ok(Response::Appended { conversation: *conversation, seq, ts, duplicate: false }))
+    }
+
+    fn append_many(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        conversation: &ConversationId,
+        sender: &UserId,
+        device: &DeviceId,
+        ts: u64,
+        messages: &[Outgoing],
+    ) -> Outcome {
+        let bytes: usize = messages.iter().map(|message| message.body.len()).sum();
+        if messages.len() > APPEND_MANY_MAX || bytes > APPEND_MANY_BYTES_MAX {
+            return Ok(Err(CommandError::TooLarge(format!(
+                "{} messages of {bytes} bytes in one batch, expected at most {APPEND_MANY_MAX} and {APPEND_MANY_BYTES_MAX}",
+                messages.len()
+            ))));
+        }
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let outcome = self.append(txn, conversation, sender, device, message.client_seq, ts, &message.body)?;
+            outcomes.push(match outcome {
+                Ok(Response::Appended { conversation, seq, ts, duplicate }) => {
+                    Ok(Placed { conversation, seq, ts, duplicate })
+                }
+                Ok(other) => unreachable!("an append answers with its place, not {other:?}"),
+                Err(error) => Err(error),
+            });
+        }
+        Ok(Ok(Response::AppendedMany { outcomes }))
     }
 
     fn move_cursor(

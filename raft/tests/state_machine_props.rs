@@ -12,6 +12,7 @@
 //!    then on) without touching the neighbouring shard.
 //! 6. Creation is idempotent, direct ids are checked, and the user shard keeps the newest
 //!    membership record whatever order the records arrive in.
+//! 7. A batch of appends (`AppendMany`) does exactly what its messages would do one by one.
 //!
 //! Besides each property's own assertions, every answer of the random command sequences is
 //! checked against a small model of DESIGN §2 kept in this file ([`Model`]).
@@ -21,10 +22,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use heed::RoTxn;
-use natter_proto::limits::{DEDUP_WINDOW, HISTORY_PAGE_MAX};
+use natter_proto::limits::{BODY_BYTES_MAX, DEDUP_WINDOW, HISTORY_PAGE_MAX};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use natter_raft::command::{
-    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, Response, CURSOR_MOVES_MAX,
+    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, Outgoing, Placed, Response,
+    APPEND_MANY_BYTES_MAX, APPEND_MANY_MAX, CURSOR_MOVES_MAX,
 };
 use natter_raft::placement::ShardId;
 use natter_raft::state_machine::{self, Reader};
@@ -1170,4 +1172,128 @@ fn cursor_moves_apply_one_by_one() {
         Response::Rejected(CommandError::TooLarge(_))
     ));
     assert_eq!(node.dump(driver.shard), before, "an oversized batch writes nothing");
+}
+
+/// One message of property 7: which client_seq (small numbers, so resends and reuse happen),
+/// how long its body is (some over the limit), and whether a batch ends after it.
+#[derive(Debug, Clone)]
+struct Batched {
+    client_seq: u64,
+    body_bytes: usize,
+    ends_batch: bool,
+}
+
+fn batched() -> impl Strategy<Value = Vec<Batched>> {
+    let body_bytes = prop_oneof![4 => 0usize..40, 1 => Just(BODY_BYTES_MAX), 1 => Just(BODY_BYTES_MAX + 1)];
+    vec(
+        (1u64..30, body_bytes, proptest::bool::weighted(0.3))
+            .prop_map(|(client_seq, body_bytes, ends_batch)| Batched { client_seq, body_bytes, ends_batch }),
+        1..60,
+    )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Property 7: a device's messages proposed as `AppendMany` batches leave the shard exactly
+    /// as the same messages appended one by one (with each batch's timestamp), and each
+    /// message's outcome is the one its own `Append` gets: seqs, resends of remembered
+    /// client_seqs, bodies over the limit, and a sender that is not a member (`member` false).
+    #[test]
+    fn a_batch_appends_as_its_messages_would_one_by_one(
+        shard in shard_id(),
+        messages in batched(),
+        member in proptest::bool::weighted(0.9),
+        clock in clock(),
+    ) {
+        let (batched_node, single_node) = (Node::open(), Node::open());
+        let (mut batched_driver, mut single_driver) = (Driver::new(ShardId(shard)), Driver::new(ShardId(shard)));
+        let id = conversation(0);
+        let sender = if member { user(0) } else { user(2) };
+        let create = Command::CreateConversation {
+            conversation: id,
+            creator: user(0),
+            members: [user(0), user(1)].into(),
+            title: None,
+            direct: false,
+            ts: 0,
+        };
+        batched_driver.apply(&batched_node, &create);
+        single_driver.apply(&single_node, &create);
+        let mut batch = Vec::new();
+        for (position, message) in messages.iter().enumerate() {
+            batch.push(Outgoing { client_seq: message.client_seq, body: "b".repeat(message.body_bytes) });
+            let bytes: usize = batch.iter().map(|outgoing| outgoing.body.len()).sum();
+            // Full when the next message, at most one byte over the body limit, might not fit.
+            let full = batch.len() == APPEND_MANY_MAX || bytes + BODY_BYTES_MAX + 1 > APPEND_MANY_BYTES_MAX;
+            if !(message.ends_batch || full || position + 1 == messages.len()) {
+                continue;
+            }
+            let ts = clock.wrapping_add(position as u64 * 7) % 1_000_000;
+            let messages = std::mem::take(&mut batch);
+            let many = Command::AppendMany { conversation: id, sender: sender.clone(), device: device(0), ts, messages: messages.clone() };
+            let Response::AppendedMany { outcomes } = batched_driver.apply(&batched_node, &many) else {
+                return Err(TestCaseError::fail(format!("`{many}` did not answer with outcomes")));
+            };
+            prop_assert_eq!(outcomes.len(), messages.len());
+            for (outgoing, outcome) in messages.into_iter().zip(outcomes) {
+                let single = Command::Append {
+                    conversation: id,
+                    sender: sender.clone(),
+                    device: device(0),
+                    client_seq: outgoing.client_seq,
+                    ts,
+                    body: outgoing.body,
+                };
+                let expected = match single_driver.apply(&single_node, &single) {
+                    Response::Appended { conversation, seq, ts, duplicate } => Ok(Placed { conversation, seq, ts, duplicate }),
+                    Response::Rejected(error) => Err(error),
+                    other => return Err(TestCaseError::fail(format!("`{single}` answered {other:?}"))),
+                };
+                prop_assert_eq!(outcome, expected, "client_seq {}", outgoing.client_seq);
+            }
+        }
+        prop_assert_eq!(batched_node.dump(batched_driver.shard), single_node.dump(single_driver.shard));
+        let stored = batched_node.messages(batched_driver.shard, id).len();
+        if member {
+            let distinct: BTreeSet<u64> =
+                messages.iter().filter(|m| m.body_bytes <= BODY_BYTES_MAX).map(|m| m.client_seq).collect();
+            prop_assert_eq!(stored, distinct.len(), "each client_seq once");
+        } else {
+            prop_assert_eq!(stored, 0, "a non-member appends nothing");
+        }
+    }
+}
+
+/// A batch over either limit is refused whole and writes nothing.
+#[test]
+fn an_oversized_batch_is_refused_whole() {
+    let node = Node::open();
+    let mut driver = Driver::new(ShardId(5));
+    let id = conversation(0);
+    let create = Command::CreateConversation {
+        conversation: id,
+        creator: user(0),
+        members: [user(0), user(1)].into(),
+        title: None,
+        direct: false,
+        ts: 1,
+    };
+    driver.apply(&node, &create);
+    let before = node.dump(driver.shard);
+    let outgoing = |client_seq: u64, bytes: usize| Outgoing { client_seq, body: "x".repeat(bytes) };
+    let too_many: Vec<Outgoing> = (1..=APPEND_MANY_MAX as u64 + 1).map(|n| outgoing(n, 1)).collect();
+    let too_big: Vec<Outgoing> = (1..=3).map(|n| outgoing(n, BODY_BYTES_MAX)).collect();
+    for messages in [too_many, too_big] {
+        let many = Command::AppendMany { conversation: id, sender: user(0), device: device(0), ts: 2, messages };
+        assert!(matches!(driver.apply(&node, &many), Response::Rejected(CommandError::TooLarge(_))));
+        assert_eq!(node.dump(driver.shard), before, "an oversized batch writes nothing");
+    }
+    let fits: Vec<Outgoing> = (1..=APPEND_MANY_MAX as u64).map(|n| outgoing(n, 1)).collect();
+    let many = Command::AppendMany { conversation: id, sender: user(0), device: device(0), ts: 2, messages: fits };
+    let Response::AppendedMany { outcomes } = driver.apply(&node, &many) else {
+        panic!("a batch answers with outcomes")
+    };
+    let seqs: Vec<u64> = outcomes.into_iter().map(|outcome| outcome.expect("appended").seq).collect();
+    assert_eq!(seqs, (1..=APPEND_MANY_MAX as u64).collect::<Vec<_>>());
 }
