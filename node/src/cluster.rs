@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use natter_proto::{ActivityStatus, ConversationId, MessageRecord, UserId};
+use natter_proto::{ActivityStatus, ConversationId, DeviceId, MessageRecord, UserId};
 use natter_raft::canary::{self, Canary};
-use natter_raft::command::{Command, CursorMove, Response};
+use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::placement::{replicas, shard_of_user, ShardId};
 use natter_raft::query::{Query, QueryResult};
 use natter_raft::store::{Store, StoreConfig};
@@ -774,11 +774,18 @@ impl Cluster {
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
         };
-        let append = match &command {
+        // The messages this command may append, to push once they commit.
+        let appends: Vec<(ConversationId, UserId, DeviceId, u64, String)> = match &command {
             Command::Append { conversation, sender, device, client_seq, body, .. } => {
-                Some((*conversation, sender.clone(), device.clone(), *client_seq, body.clone()))
+                vec![(*conversation, sender.clone(), device.clone(), *client_seq, body.clone())]
             }
-            _ => None,
+            Command::AppendMany { conversation, sender, device, messages, .. } => messages
+                .iter()
+                .map(|message| {
+                    (*conversation, sender.clone(), device.clone(), message.client_seq, message.body.clone())
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         // The members whose receipts a committed cursor move changes.
         let moved: Vec<(ConversationId, UserId)> = match &command {
@@ -795,14 +802,23 @@ impl Cluster {
         };
         match tokio::time::timeout(remaining, raft.client_write(command)).await {
             Ok(Ok(written)) => {
-                if let (
-                    Some((conversation, sender, sender_device, client_seq, body)),
-                    Response::Appended { seq, ts, duplicate: false, .. },
-                ) = (append, &written.data)
+                let placed: Vec<Option<(u64, u64)>> = match &written.data {
+                    Response::Appended { seq, ts, duplicate: false, .. } => vec![Some((*seq, *ts))],
+                    Response::AppendedMany { outcomes } => outcomes
+                        .iter()
+                        .map(|outcome| match outcome {
+                            Ok(Placed { seq, ts, duplicate: false, .. }) => Some((*seq, *ts)),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for ((conversation, sender, sender_device, client_seq, body), place) in appends.into_iter().zip(placed)
                 {
-                    let message =
-                        MessageRecord { conversation, seq: *seq, sender, sender_device, client_seq, ts: *ts, body };
-                    self.push(shard, Push::Message(message));
+                    if let Some((seq, ts)) = place {
+                        let message = MessageRecord { conversation, seq, sender, sender_device, client_seq, ts, body };
+                        self.push(shard, Push::Message(message));
+                    }
                 }
                 let moved: BTreeSet<(ConversationId, UserId)> = match &written.data {
                     Response::Cursor { .. } => moved.into_iter().collect(),

@@ -23,13 +23,14 @@ use std::time::Duration;
 use std::future::Future;
 
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frame_error::FrameError;
 use natter_proto::frames::{ClientFrame, ConversationSummary, PresencePrivacy, PresenceStatus, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::canary::{self, Canary};
-use natter_raft::command::{Command, CursorMove, Response};
+use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::placement::{shard_of_conversation, shard_of_user};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
 use rand::rngs::StdRng;
@@ -42,6 +43,7 @@ use crate::delivery::{Listing, Push, Topic};
 use crate::env::Clock;
 use crate::presence::Coalescer;
 use crate::rate::{self, Action, Limiters};
+use crate::sends::{Answer, Batch, BatchOutcome, SendPipeline};
 use crate::transport::ClientHandler;
 
 /// How long a new connection may take to open its stream and say `hello`.
@@ -147,6 +149,7 @@ impl ClientEdge {
             presence_shown: BTreeMap::new(),
             presence_pending: Coalescer::new(),
             limiters: None,
+            sending: None,
         };
         session.run().await;
         if let Some(id) = session.subscription {
@@ -295,6 +298,24 @@ struct Session<W> {
     presence_pending: Coalescer<ShownPresence>,
     /// The connection's and the user's rate limiters, from `hello` on.
     limiters: Option<(Box<Limiters>, Arc<Limiters>)>,
+    /// Sends outstanding, from the first send on (an idle session holds none of it).
+    sending: Option<Box<Sending>>,
+}
+
+/// A session's outstanding sends: which to propose next ([`SendPipeline`]) and the batches
+/// being proposed.
+#[derive(Default)]
+struct Sending {
+    pipeline: SendPipeline,
+    proposals: FuturesUnordered<BoxFuture<'static, (Batch, BatchOutcome)>>,
+}
+
+/// Waits for the next proposed batch to end, or forever while none is in flight.
+async fn next_proposed(sending: &mut Option<Box<Sending>>) -> (Batch, BatchOutcome) {
+    match sending {
+        Some(sending) if !sending.proposals.is_empty() => sending.proposals.next().await.expect("a batch is in flight"),
+        _ => std::future::pending().await,
+    }
 }
 
 /// A contact's presence as this session shows it: (status, last seen, custom text).
@@ -358,6 +379,12 @@ impl<W: Wire> Session<W> {
                             }
                             None => return End::Gone,
                         }
+                    }
+                    (batch, outcome) = next_proposed(&mut self.sending) => {
+                        if let Err(end) = Box::pin(self.on_proposed(batch, outcome)).await {
+                            return end;
+                        }
+                        continue;
                     }
                     inbound = self.wire.receive() => inbound,
                 }
@@ -649,28 +676,29 @@ impl<W: Wire> Session<W> {
                 self.answer(&frame, reply).await
             }
             ClientFrame::Send { conversation, client_seq, body } => {
-                let command = Command::Append {
-                    conversation: *conversation,
-                    sender: user.clone(),
-                    device: device.clone(),
-                    client_seq: *client_seq,
-                    ts: self.edge.clock.wall_ms(),
-                    body: body.clone(),
-                };
-                let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
                 if canary::active(Canary::AckBeforeCommit) {
+                    let command = Command::Append {
+                        conversation: *conversation,
+                        sender: user.clone(),
+                        device: device.clone(),
+                        client_seq: *client_seq,
+                        ts: self.edge.clock.wall_ms(),
+                        body: body.clone(),
+                    };
+                    let shard = shard_of_conversation(conversation, self.edge.cluster.config().shards);
                     return self.ack_before_commit(shard, *conversation, *client_seq, command).await;
                 }
-                let reply = match self.edge.cluster.propose(shard, command).await {
-                    Ok(Response::Appended { conversation, seq, ts, .. }) => {
-                        // Sending to a conversation joined after hello starts following it.
-                        self.follow(conversation, seq - 1);
-                        Ok(ServerFrame::SendOk { conversation, client_seq: *client_seq, seq, ts })
-                    }
-                    Ok(other) => Err(refusal(other)),
-                    Err(error) => Err(unavailable(error)),
-                };
-                self.answer(&frame, reply).await
+                // Back-pressure: a client with every send it may have outstanding waits for
+                // answers before this one is taken.
+                while self.sending.as_ref().is_some_and(|sending| sending.pipeline.is_full()) {
+                    let (batch, outcome) = next_proposed(&mut self.sending).await;
+                    self.on_proposed(batch, outcome).await?;
+                }
+                let sending = self.sending.get_or_insert_with(Box::default);
+                if let Some(batch) = sending.pipeline.handle_send(*conversation, *client_seq, body.clone()) {
+                    self.propose(batch);
+                }
+                Ok(())
             }
             ClientFrame::Ack { conversation, seq } | ClientFrame::Read { conversation, seq } => {
                 let (delivered, read) = match &frame {
@@ -773,6 +801,59 @@ impl<W: Wire> Session<W> {
     /// The `AckBeforeCommit` canary: `send_ok` goes out at once with the seq the local
     /// replica expects next (1 where this node holds none), then the append is proposed and
     /// its outcome ignored, as an edge that acknowledged too early would.
+    /// Starts proposing `batch`; [`Session::on_proposed`] gets its outcome.
+    fn propose(&mut self, batch: Batch) {
+        let (Some((user, device)), Some(sending)) = (&self.identity, self.sending.as_mut()) else {
+            unreachable!("sends are taken after hello, into the pipeline")
+        };
+        let command = Command::AppendMany {
+            conversation: batch.conversation,
+            sender: user.clone(),
+            device: device.clone(),
+            ts: self.edge.clock.wall_ms(),
+            messages: batch.messages.clone(),
+        };
+        let cluster = self.edge.cluster.clone();
+        let shard = shard_of_conversation(&batch.conversation, cluster.config().shards);
+        sending.proposals.push(Box::pin(async move {
+            let outcome = match cluster.propose(shard, command).await {
+                Ok(Response::AppendedMany { outcomes }) => Ok(outcomes),
+                Ok(other) => Err(refusal(other)),
+                Err(error) => Err(unavailable(error)),
+            };
+            (batch, outcome)
+        }));
+    }
+
+    /// A proposed batch ended: answers its sends (and those a failure fails with it) and
+    /// proposes the conversation's next batch.
+    async fn on_proposed(&mut self, batch: Batch, outcome: BatchOutcome) -> Result<(), End> {
+        let sending = self.sending.as_mut().expect("a batch was proposed");
+        let (answers, next) = sending.pipeline.handle_done(batch, outcome);
+        if let Some(next) = next {
+            self.propose(next);
+        }
+        for Answer { conversation, client_seq, result } in answers {
+            let frame = match result {
+                Ok(Placed { conversation, seq, ts, .. }) => {
+                    // Sending to a conversation joined after hello starts following it.
+                    self.follow(conversation, seq - 1);
+                    ServerFrame::SendOk { conversation, client_seq, seq, ts }
+                }
+                Err((code, message)) => ServerFrame::Error {
+                    request_id: None,
+                    conversation: Some(conversation),
+                    client_seq: Some(client_seq),
+                    code,
+                    message,
+                    retry_after_ms: None,
+                },
+            };
+            self.write(&frame).await?;
+        }
+        Ok(())
+    }
+
     async fn ack_before_commit(
         &mut self,
         shard: natter_raft::ShardId,

@@ -22,6 +22,7 @@ pub mod network;
 pub mod presence;
 pub mod rate;
 pub mod rpc;
+pub mod sends;
 pub mod tls;
 pub mod transport;
 pub mod web;

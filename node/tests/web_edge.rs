@@ -500,6 +500,63 @@ async fn alice_and_bob(node: SocketAddr) -> (Browser, ConversationId) {
     (alice, id)
 }
 
+/// The node's `natter_proposals_committed_total`.
+async fn proposals_committed(node: SocketAddr) -> u64 {
+    let (status, _, body) = http(node, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    let line = body.lines().find(|line| line.starts_with("natter_proposals_committed_total ")).expect("the metric");
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_window_of_sends_is_batched_and_keeps_its_order() {
+    run(async {
+        // 300 sends written at once, alternating between two conversations, on a node that
+        // leads some shards and forwards to others: each is answered once; per conversation
+        // the answers come in the order sent and the seqs follow that order; the node proposes
+        // them in a few batches rather than one by one.
+        let limits = RateLimits {
+            sends_per_second_per_connection: 100_000,
+            sends_per_second_per_user: 100_000,
+            ..RateLimits::default()
+        };
+        let cluster = start_cluster_limited(3, limits).await;
+        let node = cluster.http[0];
+        let (mut alice, with_bob) = alice_and_bob(node).await;
+        let create = ClientFrame::CreateConversation {
+            request_id: "carol".into(),
+            members: vec![UserId::new("carol").unwrap()],
+            title: None,
+        };
+        let ServerFrame::Conversation { id: with_carol, .. } = alice.request(&create).await else {
+            panic!("no conversation")
+        };
+        let before = proposals_committed(node).await;
+        let total = 300u64;
+        let to = |client_seq: u64| if client_seq % 2 == 0 { with_bob } else { with_carol };
+        for client_seq in 1..=total {
+            alice.send(&send(to(client_seq), client_seq, &format!("m{client_seq}"))).await;
+        }
+        let mut answered: BTreeMap<ConversationId, Vec<(u64, u64)>> = BTreeMap::new();
+        for _ in 1..=total {
+            match alice.answer().await {
+                ServerFrame::SendOk { conversation, client_seq, seq, .. } => {
+                    assert_eq!(conversation, to(client_seq));
+                    answered.entry(conversation).or_default().push((client_seq, seq));
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        for (conversation, answers) in &answered {
+            let expected: Vec<(u64, u64)> = (1..=total).filter(|c| to(*c) == *conversation).zip(1..).collect();
+            assert_eq!(answers, &expected, "{conversation}: answered in the order sent, seqs in that order");
+        }
+        let proposals = proposals_committed(node).await - before;
+        assert!(proposals <= total / 5, "{total} sends took {proposals} proposals");
+        cluster.shutdown().await;
+    });
+}
+
 #[test]
 fn sends_over_the_rate_wait_their_turn_and_keep_their_order() {
     run(async {
