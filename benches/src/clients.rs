@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use natter_client::client::{Client, ClientConfig, CursorState, Event, MemoryCursors};
 use natter_client::local::{self, StartedNode, UpOptions};
 use natter_node::auth::TokenKey;
+use natter_node::rate::RateLimits;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::{ClientFrame, ConversationId, DeviceId, ServerFrame, UserId};
 use tokio::sync::{Barrier, Semaphore};
@@ -64,9 +65,16 @@ pub struct ProcessCluster {
 }
 
 impl ProcessCluster {
-    /// Starts `node_count` nodes of `node_binary` with `shards` shards in a new temp dir under
-    /// `base_dir` and waits until every shard has a leader.
-    pub fn start(base_dir: &Path, node_count: u64, shards: u32, node_binary: &Path) -> anyhow::Result<Self> {
+    /// Starts `node_count` nodes of `node_binary` with `shards` shards and the client rate
+    /// limits `rate_limits` in a new temp dir under `base_dir` and waits until every shard has
+    /// a leader.
+    pub fn start(
+        base_dir: &Path,
+        node_count: u64,
+        shards: u32,
+        node_binary: &Path,
+        rate_limits: RateLimits,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("natter-bench-clients-")
             .tempdir_in(base_dir)
@@ -78,6 +86,7 @@ impl ProcessCluster {
             node_binary: node_binary.to_path_buf(),
             force: false,
             ready_timeout: READY_TIMEOUT,
+            rate_limits,
         };
         let report = local::up(&options, &mut std::io::sink()).context("starting the node processes")?;
         let cluster_dir = local::ClusterDir::new(report.dir.clone());

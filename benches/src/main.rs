@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use natter_node::rate::RateLimits;
 use natter_raft::types::Runtime;
 use natter_raft::Durability;
 use tracing_subscriber::layer::SubscriberExt;
@@ -58,6 +59,9 @@ pub const IDLE_WEBSOCKETS_MAX: usize = 100_000;
 pub const FANOUT_WINDOW_MAX: usize = natter_proto::limits::OUTSTANDING_SENDS_MAX;
 /// Shortest body of `messages`: the send time is written into its first 16 bytes.
 pub const BODY_BYTES_MIN: usize = 16;
+/// The send rate limits `ws-fanout` gives its nodes unless told to keep the defaults: far
+/// above anything one sender reaches here.
+pub const FANOUT_SENDS_PER_SECOND: u32 = 1_000_000;
 /// Filesystems on which fsync costs nothing, so durability would not be measured.
 const MEMORY_FILESYSTEMS: [&str; 2] = ["tmpfs", "ramfs"];
 
@@ -165,6 +169,10 @@ struct FanoutArgs {
     /// CPU use over this time is the "idle group" column.
     #[arg(long, default_value_t = 3)]
     settle_seconds: u64,
+    /// Keep the nodes' default send rate limits (200/s per connection) instead of raising
+    /// them out of the way.
+    #[arg(long)]
+    default_rate_limits: bool,
     #[command(flatten)]
     cluster: ProcessArgs,
 }
@@ -367,7 +375,22 @@ fn main() -> anyhow::Result<()> {
             print_machine(&args.cluster.dir);
             websockets::raise_open_files(args.members as u64 + 1 + websockets::OPEN_FILES_SPARE)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let cluster = start_processes(&args.cluster)?;
+            // The run measures fan-out, not the limiter: the one sender may send as fast as
+            // the cluster takes it (default limits would hold it to 200 sends a second).
+            let limits = if args.default_rate_limits {
+                RateLimits::default()
+            } else {
+                RateLimits {
+                    sends_per_second_per_connection: FANOUT_SENDS_PER_SECOND,
+                    sends_per_second_per_user: FANOUT_SENDS_PER_SECOND,
+                    ..RateLimits::default()
+                }
+            };
+            println!(
+                "ws-fanout: rate limits {} sends/s per connection, {} per user",
+                limits.sends_per_second_per_connection, limits.sends_per_second_per_user
+            );
+            let cluster = start_processes_limited(&args.cluster, limits)?;
             let duration = Duration::from_secs(args.seconds);
             let report = runtime.block_on(websockets::run_fanout(
                 &cluster,
@@ -464,10 +487,15 @@ fn check_cluster_size(nodes: u64, shards: u32) -> anyhow::Result<()> {
 
 /// Starts the node processes of `args`, from the given binary or the one next to this one.
 fn start_processes(args: &ProcessArgs) -> anyhow::Result<clients::ProcessCluster> {
+    start_processes_limited(args, RateLimits::default())
+}
+
+/// As [`start_processes`], with the nodes' client rate limits set to `rate_limits`.
+fn start_processes_limited(args: &ProcessArgs, rate_limits: RateLimits) -> anyhow::Result<clients::ProcessCluster> {
     let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
     let binary = natter_client::local::locate_node_binary(args.node_binary.as_deref(), exe_dir.as_deref(), None)
         .context("finding natter-node (build it with `cargo build --release -p natter-node`)")?;
-    clients::ProcessCluster::start(&args.dir, args.nodes, args.shards, &binary)
+    clients::ProcessCluster::start(&args.dir, args.nodes, args.shards, &binary, rate_limits)
 }
 
 /// Refuses options outside the limits, and a data dir on a memory filesystem.

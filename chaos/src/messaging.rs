@@ -68,6 +68,7 @@ pub fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
         node_binary: options.node_binary.clone(),
         force: false,
         ready_timeout: Duration::from_secs(60),
+        rate_limits: natter_node::rate::RateLimits::default(),
     };
     let report = local::up(&up, &mut std::io::sink())?;
     let servers: Vec<SocketAddr> = report.nodes.iter().map(|node| node.peer_addr).collect();

@@ -155,6 +155,7 @@ fn presence_follows_connections_node_deaths_and_privacy() {
         node_binary: binary.clone(),
         force: false,
         ready_timeout: Duration::from_secs(60),
+        rate_limits: natter_node::rate::RateLimits::default(),
     };
     let report = local::up(&options, &mut std::io::sink()).unwrap();
     let cluster = Cluster {

@@ -286,6 +286,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, progress: &mut dyn Write) -> Result<()
                 node_binary,
                 force: args.force,
                 ready_timeout: READY_TIMEOUT_DEFAULT,
+                rate_limits: natter_node::rate::RateLimits::default(),
             };
             let report = local::up(&options, progress)?;
             if args.json {

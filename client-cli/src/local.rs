@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use natter_node::config::{Config, NodeAddress, RaftTimings};
+use natter_node::rate::RateLimits;
 use serde::Serialize;
 
 use crate::certs;
@@ -177,7 +178,13 @@ pub fn free_loopback_addresses(count: u64) -> std::io::Result<Vec<NodeAddress>> 
 }
 
 /// The config of every node of a cluster in `dir` with these addresses and `shards` shards.
-pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32, jwt_secret: &str) -> Vec<Config> {
+pub fn cluster_configs(
+    dir: &ClusterDir,
+    addresses: &[NodeAddress],
+    shards: u32,
+    jwt_secret: &str,
+    rate_limits: &RateLimits,
+) -> Vec<Config> {
     let tls_dir = dir.tls_dir();
     addresses
         .iter()
@@ -190,7 +197,7 @@ pub fn cluster_configs(dir: &ClusterDir, addresses: &[NodeAddress], shards: u32,
                 shards,
                 tls: certs::tls_files(&tls_dir, address.id),
                 raft: RaftTimings::default(),
-                rate_limits: natter_node::rate::RateLimits::default(),
+                rate_limits: rate_limits.clone(),
                 jwt_secret: Some(jwt_secret.to_owned()),
                 ..defaults
             }
@@ -254,6 +261,8 @@ pub struct UpOptions {
     pub force: bool,
     /// How long to wait for every node to be ready.
     pub ready_timeout: Duration,
+    /// The clients' rate limits, written into every node's config (benchmarks raise them).
+    pub rate_limits: RateLimits,
 }
 
 /// A node `cluster up` started.
@@ -324,7 +333,7 @@ pub fn up(options: &UpOptions, progress: &mut dyn Write) -> Result<UpReport, Err
     let secret_path = dir.root().join(natter_node::auth::DEV_SECRET_FILE);
     let secret = natter_node::auth::load_or_create_secret(&secret_path, &mut rand::rng())
         .map_err(Error::io("cannot write", &secret_path))?;
-    let configs = cluster_configs(&dir, &addresses, options.shards, &secret);
+    let configs = cluster_configs(&dir, &addresses, options.shards, &secret, &options.rate_limits);
     for config in &configs {
         let path = dir.config(config.node_id);
         std::fs::write(&path, config.to_toml()).map_err(Error::io("cannot write", &path))?;
@@ -554,7 +563,7 @@ mod tests {
     fn configs_name_every_node_and_validate() {
         let dir = ClusterDir::new("/tmp/natter-cluster");
         let addresses = free_loopback_addresses(3).unwrap();
-        let configs = cluster_configs(&dir, &addresses, 8, "0123456789abcdef0123456789abcdef");
+        let configs = cluster_configs(&dir, &addresses, 8, "0123456789abcdef0123456789abcdef", &RateLimits::default());
         assert_eq!(configs.len(), 3);
         for (config, address) in configs.iter().zip(&addresses) {
             config.validate().unwrap();

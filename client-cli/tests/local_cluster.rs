@@ -155,7 +155,15 @@ fn fake_node(dir: &Path, script: &str) -> PathBuf {
 }
 
 fn options(dir: &Path, node_binary: PathBuf, ready_timeout: Duration) -> UpOptions {
-    UpOptions { dir: dir.to_path_buf(), nodes: 2, shards: 4, node_binary, force: false, ready_timeout }
+    UpOptions {
+        dir: dir.to_path_buf(),
+        nodes: 2,
+        shards: 4,
+        node_binary,
+        force: false,
+        ready_timeout,
+        rate_limits: natter_node::rate::RateLimits::default(),
+    }
 }
 
 #[test]

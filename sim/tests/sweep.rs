@@ -99,9 +99,11 @@ fn every_scenario_passes_its_seed_budget_and_replays_identically_in_another_proc
     }
 }
 
-/// Runs `canary` on `scenario` seed by seed until a seed fails; asserts that happens within
-/// [`CANARY_SEEDS_MAX`] seeds, that the checker meant for it (`expected`, a violation's name)
-/// is among those that caught it, and that the same seed passes without the canary.
+/// Runs `canary` on `scenario` seed by seed until the checker meant for it (`expected`, a
+/// violation's name) catches it; asserts that happens within [`CANARY_SEEDS_MAX`] seeds and
+/// that the same seed passes without the canary. Seeds the canary fails some other way first
+/// are reported and passed over (a stale follower read can also stall a run's setup, which
+/// then never reaches the reads the checker judges).
 fn assert_caught(canary: Canary, scenario_name: &str, expected: &str) {
     let loaded = scenarios();
     let (path, scenario) =
@@ -111,12 +113,11 @@ fn assert_caught(canary: Canary, scenario_name: &str, expected: &str) {
         if planted.passed() {
             continue;
         }
+        if !planted.problems.iter().any(|problem| problem.starts_with(expected)) {
+            println!("{canary} failed {scenario_name} seed {seed}, but not by {expected}: {:?}", planted.problems);
+            continue;
+        }
         println!("{canary} caught by {scenario_name} seed {seed}: {}", planted.problems[0]);
-        assert!(
-            planted.problems.iter().any(|problem| problem.starts_with(expected)),
-            "{canary} was caught, but not by {expected}: {:?}",
-            planted.problems
-        );
         let clean = sweep::run_seed(scenario, seed, &[], false);
         assert!(
             clean.passed(),
@@ -125,7 +126,7 @@ fn assert_caught(canary: Canary, scenario_name: &str, expected: &str) {
         );
         return;
     }
-    panic!("{canary} was not caught by {path} within {CANARY_SEEDS_MAX} seeds");
+    panic!("{canary} was not caught by {expected} on {path} within {CANARY_SEEDS_MAX} seeds");
 }
 
 #[test]
