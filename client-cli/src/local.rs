@@ -206,7 +206,9 @@ pub fn cluster_configs(
 }
 
 /// Finds the `natter-node` executable: `explicit` if given, else next to the running
-/// executable (`exe_dir`), else in the directories of `path_var` (the `PATH` value).
+/// executable (`exe_dir`), else in the directories of `path_var` (the `PATH` value). An
+/// explicit relative path is made absolute: nodes run in the cluster directory, where it
+/// would name nothing.
 pub fn locate_node_binary(
     explicit: Option<&Path>,
     exe_dir: Option<&Path>,
@@ -214,7 +216,7 @@ pub fn locate_node_binary(
 ) -> Result<PathBuf, Error> {
     if let Some(path) = explicit {
         return if is_executable(path) {
-            Ok(path.to_path_buf())
+            std::path::absolute(path).map_err(Error::io("cannot resolve", path))
         } else {
             Err(Error::NodeBinaryInvalid(path.to_path_buf()))
         };
@@ -598,6 +600,16 @@ mod tests {
         let beside = make(exe_dir.path());
         assert_eq!(locate_node_binary(None, Some(exe_dir.path()), Some(&path_var)).unwrap(), beside);
         assert_eq!(locate_node_binary(Some(&on_path), Some(exe_dir.path()), None).unwrap(), on_path);
+        // A relative path names the same file from the cluster directory nodes run in.
+        let relative = on_path.strip_prefix(std::env::current_dir().unwrap()).map(Path::to_path_buf);
+        let relative = relative.unwrap_or_else(|_| {
+            let up = std::env::current_dir().unwrap().components().count() - 1;
+            std::iter::repeat_n(Path::new(".."), up).collect::<PathBuf>().join(on_path.strip_prefix("/").unwrap())
+        });
+        assert!(relative.is_relative());
+        let found = locate_node_binary(Some(&relative), None, None).unwrap();
+        assert!(found.is_absolute(), "{}", found.display());
+        assert_eq!(found.canonicalize().unwrap(), on_path.canonicalize().unwrap());
         let error = locate_node_binary(Some(Path::new("/nonexistent/natter-node")), None, None).unwrap_err();
         assert_eq!(error.to_string(), "--node-bin /nonexistent/natter-node is not an executable file");
     }
