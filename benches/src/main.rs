@@ -59,9 +59,9 @@ pub const IDLE_WEBSOCKETS_MAX: usize = 100_000;
 pub const FANOUT_WINDOW_MAX: usize = natter_proto::limits::OUTSTANDING_SENDS_MAX;
 /// Shortest body of `messages`: the send time is written into its first 16 bytes.
 pub const BODY_BYTES_MIN: usize = 16;
-/// The send rate limits `ws-fanout` gives its nodes unless told to keep the defaults: far
-/// above anything one sender reaches here.
-pub const FANOUT_SENDS_PER_SECOND: u32 = 1_000_000;
+/// The send rate limits the process benchmarks give their nodes unless told to keep the
+/// defaults: far above anything a sender reaches here.
+pub const BENCH_SENDS_PER_SECOND: u32 = 1_000_000;
 /// Filesystems on which fsync costs nothing, so durability would not be measured.
 const MEMORY_FILESYSTEMS: [&str; 2] = ["tmpfs", "ramfs"];
 
@@ -107,6 +107,11 @@ struct ProcessArgs {
     /// Where the cluster's temp dir goes; must be on a real disk (not tmpfs).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// Keep the nodes' default send rate limits (200/s per connection, 400/s per user)
+    /// instead of raising them out of the way: the benchmarks measure the cluster, not the
+    /// limiter (one closed-loop sender would otherwise stop at 200 sends a second).
+    #[arg(long)]
+    default_rate_limits: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,10 +174,6 @@ struct FanoutArgs {
     /// CPU use over this time is the "idle group" column.
     #[arg(long, default_value_t = 3)]
     settle_seconds: u64,
-    /// Keep the nodes' default send rate limits (200/s per connection) instead of raising
-    /// them out of the way.
-    #[arg(long)]
-    default_rate_limits: bool,
     #[command(flatten)]
     cluster: ProcessArgs,
 }
@@ -375,22 +376,7 @@ fn main() -> anyhow::Result<()> {
             print_machine(&args.cluster.dir);
             websockets::raise_open_files(args.members as u64 + 1 + websockets::OPEN_FILES_SPARE)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            // The run measures fan-out, not the limiter: the one sender may send as fast as
-            // the cluster takes it (default limits would hold it to 200 sends a second).
-            let limits = if args.default_rate_limits {
-                RateLimits::default()
-            } else {
-                RateLimits {
-                    sends_per_second_per_connection: FANOUT_SENDS_PER_SECOND,
-                    sends_per_second_per_user: FANOUT_SENDS_PER_SECOND,
-                    ..RateLimits::default()
-                }
-            };
-            println!(
-                "ws-fanout: rate limits {} sends/s per connection, {} per user",
-                limits.sends_per_second_per_connection, limits.sends_per_second_per_user
-            );
-            let cluster = start_processes_limited(&args.cluster, limits)?;
+            let cluster = start_processes(&args.cluster)?;
             let duration = Duration::from_secs(args.seconds);
             let report = runtime.block_on(websockets::run_fanout(
                 &cluster,
@@ -487,11 +473,25 @@ fn check_cluster_size(nodes: u64, shards: u32) -> anyhow::Result<()> {
 
 /// Starts the node processes of `args`, from the given binary or the one next to this one.
 fn start_processes(args: &ProcessArgs) -> anyhow::Result<clients::ProcessCluster> {
-    start_processes_limited(args, RateLimits::default())
-}
-
-/// As [`start_processes`], with the nodes' client rate limits set to `rate_limits`.
-fn start_processes_limited(args: &ProcessArgs, rate_limits: RateLimits) -> anyhow::Result<clients::ProcessCluster> {
+    let rate_limits = if args.default_rate_limits {
+        RateLimits::default()
+    } else {
+        RateLimits {
+            sends_per_second_per_connection: BENCH_SENDS_PER_SECOND,
+            sends_per_second_per_user: BENCH_SENDS_PER_SECOND,
+            ..RateLimits::default()
+        }
+    };
+    println!(
+        "rate limits: {} sends/s per connection, {} per user{}",
+        rate_limits.sends_per_second_per_connection,
+        rate_limits.sends_per_second_per_user,
+        if args.default_rate_limits {
+            " (the defaults)"
+        } else {
+            " (raised out of the way; --default-rate-limits keeps them)"
+        }
+    );
     let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
     let binary = natter_client::local::locate_node_binary(args.node_binary.as_deref(), exe_dir.as_deref(), None)
         .context("finding natter-node (build it with `cargo build --release -p natter-node`)")?;
