@@ -443,7 +443,7 @@ impl Cluster {
                 Ok(highest)
             });
             for (user, (delivered, read)) in receipts.unwrap_or_default() {
-                self.push_to(node, shard, Push::Receipt { conversation, user, delivered, read });
+                self.push_to(node, shard, vec![Push::Receipt { conversation, user, delivered, read }]);
             }
         }
         match progress {
@@ -475,8 +475,17 @@ impl Cluster {
     /// Leader side, after an append, a cursor move or a join committed: push it to every
     /// interested node.
     fn push(&self, shard: ShardId, push: Push) {
-        for node in self.deliveries.interested(&push.topic(), self.clock.now()) {
-            self.push_to(node, shard, push.clone());
+        self.push_all(shard, vec![push]);
+    }
+
+    /// Pushes `pushes`, all of one topic, to the nodes interested in it: one RPC per node,
+    /// so they arrive in order (a batch's messages sent apart would race, and every session
+    /// that saw a later seq first would read the gap from the shard).
+    fn push_all(&self, shard: ShardId, pushes: Vec<Push>) {
+        let Some(first) = pushes.first() else { return };
+        debug_assert!(pushes.iter().all(|push| push.topic() == first.topic()), "one topic per push_all");
+        for node in self.deliveries.interested(&first.topic(), self.clock.now()) {
+            self.push_to(node, shard, pushes.clone());
         }
     }
 
@@ -644,14 +653,16 @@ impl Cluster {
         PeerResponse::Delivered
     }
 
-    /// Hands `push` to `node`'s sessions: directly when it is this node, else by RPC.
-    fn push_to(&self, node: NodeId, shard: ShardId, push: Push) {
+    /// Hands `pushes` to `node`'s sessions, in order: directly when it is this node, else by one RPC.
+    fn push_to(&self, node: NodeId, shard: ShardId, pushes: Vec<Push>) {
         if node == self.config.node_id {
-            self.deliveries.dispatch(push);
+            for push in pushes {
+                self.deliveries.dispatch(push);
+            }
             return;
         }
         let transport = self.transport.clone();
-        let request = PeerRequest::Deliver { shard, push };
+        let request = PeerRequest::Deliver { shard, pushes };
         // A lost push is found by the receiver's next refresh; never wait for it here.
         crate::spawn(async move {
             let _ = transport.call(node, &request, None, INTEREST_REFRESH).await;
@@ -813,13 +824,23 @@ impl Cluster {
                         .collect(),
                     _ => Vec::new(),
                 };
-                for ((conversation, sender, sender_device, client_seq, body), place) in appends.into_iter().zip(placed)
-                {
-                    if let Some((seq, ts)) = place {
-                        let message = MessageRecord { conversation, seq, sender, sender_device, client_seq, ts, body };
-                        self.push(shard, Push::Message(message));
-                    }
-                }
+                let messages: Vec<Push> = appends
+                    .into_iter()
+                    .zip(placed)
+                    .filter_map(|((conversation, sender, sender_device, client_seq, body), place)| {
+                        let (seq, ts) = place?;
+                        Some(Push::Message(MessageRecord {
+                            conversation,
+                            seq,
+                            sender,
+                            sender_device,
+                            client_seq,
+                            ts,
+                            body,
+                        }))
+                    })
+                    .collect();
+                self.push_all(shard, messages);
                 let moved: BTreeSet<(ConversationId, UserId)> = match &written.data {
                     Response::Cursor { .. } => moved.into_iter().collect(),
                     Response::Cursors { outcomes } => moved
@@ -957,8 +978,10 @@ impl Cluster {
         if let PeerRequest::Interest { node, topics, .. } = &request {
             return self.interest_local(shard, *node, topics);
         }
-        if let PeerRequest::Deliver { push, .. } = request {
-            self.deliveries.dispatch(push);
+        if let PeerRequest::Deliver { pushes, .. } = request {
+            for push in pushes {
+                self.deliveries.dispatch(push);
+            }
             return PeerResponse::Delivered;
         }
         if let PeerRequest::Relay { push, .. } = request {

@@ -282,6 +282,20 @@ impl Deliveries {
         }
     }
 
+    /// Hands session `id` the presence of `user` this node last handed its watchers, if it
+    /// has one: for a session whose view of `user` may have changed (it now shares a 1:1).
+    pub fn resend_presence(&self, id: u64, user: &UserId) {
+        let Some(push) = self.presence.lock().expect("presence lock").get(user).cloned() else { return };
+        // Locks are taken one at a time here (`dispatch` holds presence, then sessions).
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let missed = sessions.get(&id).is_some_and(|sender| sender.try_send(push).is_err());
+        drop(sessions);
+        if missed {
+            // The next refresh must reach it again.
+            self.presence.lock().expect("presence lock").remove(user);
+        }
+    }
+
     /// Removes session `id` everywhere.
     pub fn close(&self, id: u64) {
         self.sessions.lock().expect("sessions lock").remove(&id);

@@ -152,6 +152,16 @@ impl ClientEdge {
             sending: None,
         };
         session.run().await;
+        if let Some(sending) = session.sending.take() {
+            // Batches being proposed run to the end: one that commits is then pushed to the
+            // other members at once (a dropped proposal would leave that to their next
+            // refresh). Their answers have no one to go to; the client resends what it did
+            // not hear back about, and dedup answers the resend.
+            let mut proposals = sending.proposals;
+            if !proposals.is_empty() {
+                crate::spawn(async move { while proposals.next().await.is_some() {} });
+            }
+        }
         if let Some(id) = session.subscription {
             self.cluster.deliveries().close(id);
             if session.identity.is_some() {
@@ -599,6 +609,10 @@ impl<W: Wire> Session<W> {
             }
             if self.contacts.insert(member.clone()) {
                 self.edge.cluster.deliveries().subscribe(id, Topic::Presence(member.clone()));
+            } else if members.len() == 2 {
+                // A new 1:1 may make a `contacts`-only user visible to this one: judge the
+                // presence this node last had for them again (repeats no longer come by).
+                self.edge.cluster.deliveries().resend_presence(id, member);
             }
         }
     }
@@ -798,9 +812,6 @@ impl<W: Wire> Session<W> {
         }
     }
 
-    /// The `AckBeforeCommit` canary: `send_ok` goes out at once with the seq the local
-    /// replica expects next (1 where this node holds none), then the append is proposed and
-    /// its outcome ignored, as an edge that acknowledged too early would.
     /// Starts proposing `batch`; [`Session::on_proposed`] gets its outcome.
     fn propose(&mut self, batch: Batch) {
         let (Some((user, device)), Some(sending)) = (&self.identity, self.sending.as_mut()) else {
@@ -832,6 +843,9 @@ impl<W: Wire> Session<W> {
         let (answers, next) = sending.pipeline.handle_done(batch, outcome);
         if let Some(next) = next {
             self.propose(next);
+        } else if sending.pipeline.outstanding() == 0 {
+            // Nothing outstanding: an idle session holds no pipeline.
+            self.sending = None;
         }
         for Answer { conversation, client_seq, result } in answers {
             let frame = match result {
@@ -854,6 +868,9 @@ impl<W: Wire> Session<W> {
         Ok(())
     }
 
+    /// The `AckBeforeCommit` canary: `send_ok` goes out at once with the seq the local
+    /// replica expects next (1 where this node holds none), then the append is proposed and
+    /// its outcome ignored, as an edge that acknowledged too early would.
     async fn ack_before_commit(
         &mut self,
         shard: natter_raft::ShardId,

@@ -96,13 +96,14 @@ pub enum PeerRequest {
         /// Conversations and users of this shard it wants pushed.
         topics: Vec<Topic>,
     },
-    /// From a shard's leader: a message, receipt or join just committed, for the callee's
+    /// From a shard's leader: messages, a receipt or a join just committed, for the callee's
     /// sessions.
     Deliver {
-        /// The shard it committed in.
+        /// The shard they committed in.
         shard: ShardId,
-        /// What to hand to the sessions.
-        push: Push,
+        /// What to hand to the sessions, in order, all of one topic (at most a batch's
+        /// messages, `APPEND_MANY_MAX`).
+        pushes: Vec<Push>,
     },
     /// To a user shard's leader: the presence of users of that shard on the calling node
     /// (soft state, renewed every `PRESENCE_REPORT_INTERVAL`).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use natter_node::rate::RateLimits;
-use natter_proto::frames::{ClientFrame, PresencePrivacy, ServerFrame};
+use natter_proto::frames::{ClientFrame, PresencePrivacy, PresenceStatus, ServerFrame};
 use natter_proto::json::{decode_server, encode_client};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
 use natter_raft::types::Runtime;
@@ -220,6 +220,25 @@ impl Browser {
                 ServerFrame::Message(message) => self.messages.push(message),
                 answer => return answer,
             }
+        }
+    }
+
+    /// Reads until the last presence frame about `user` has `status` (other frames are
+    /// dropped); false if that does not happen within 10 s.
+    async fn wait_presence(&mut self, user: &str, status: PresenceStatus) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let last = self.presence.iter().rev().find_map(|frame| match frame {
+                ServerFrame::Presence { user: who, status, .. } if who.as_str() == user => Some(*status),
+                _ => None,
+            });
+            if last == Some(status) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout_at(deadline, self.next()).await;
         }
     }
 
@@ -506,6 +525,36 @@ async fn proposals_committed(node: SocketAddr) -> u64 {
     assert_eq!(status, 200);
     let line = body.lines().find(|line| line.starts_with("natter_proposals_committed_total ")).expect("the metric");
     line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_contacts_only_user_shows_once_a_one_to_one_is_created() {
+    run(async {
+        // Carol shows her presence to contacts only. Alice shares a group with her and sees
+        // her offline; once alice creates their 1:1, she sees her online (her presence did not
+        // change, so only a fresh look at what the node knows can show it).
+        let cluster = start_cluster(1).await;
+        let node = cluster.http[0];
+        let (mut carol, _) = Browser::hello(Transport::WebSocket, node, "carol", BTreeMap::new()).await;
+        let settings = ClientFrame::Settings { request_id: "s".into(), presence_privacy: PresencePrivacy::Contacts };
+        assert!(matches!(carol.request(&settings).await, ServerFrame::Settings { .. }));
+        let (mut alice, _) = Browser::hello(Transport::WebSocket, node, "alice", BTreeMap::new()).await;
+        let group = ClientFrame::CreateConversation {
+            request_id: "g".into(),
+            members: vec![UserId::new("carol").unwrap()],
+            title: Some("group".into()),
+        };
+        assert!(matches!(alice.request(&group).await, ServerFrame::Conversation { .. }));
+        assert!(alice.wait_presence("carol", PresenceStatus::Offline).await, "hidden from a group member");
+        let direct = ClientFrame::CreateConversation {
+            request_id: "d".into(),
+            members: vec![UserId::new("carol").unwrap()],
+            title: None,
+        };
+        assert!(matches!(alice.request(&direct).await, ServerFrame::Conversation { .. }));
+        assert!(alice.wait_presence("carol", PresenceStatus::Online).await, "shown to a contact: {:?}", alice.presence);
+        cluster.shutdown().await;
+    });
 }
 
 #[test]
