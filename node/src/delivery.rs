@@ -222,6 +222,19 @@ pub struct Subscription {
     pub id: u64,
 }
 
+/// The presence a node last handed a user's watchers, and which of them missed it.
+struct KnownPresence {
+    push: Arc<Push>,
+    owed: BTreeSet<u64>,
+}
+
+/// Hands `push` to session `id` if it is still open; false when its queue is full.
+fn hand(sessions: &BTreeMap<u64, mpsc::Sender<Arc<Push>>>, id: u64, push: &Arc<Push>) -> bool {
+    sessions
+        .get(&id)
+        .is_none_or(|sender| !matches!(sender.try_send(push.clone()), Err(mpsc::error::TrySendError::Full(_))))
+}
+
 /// Which local sessions want which topics, and (as a leader) which nodes do.
 #[derive(Default)]
 pub struct Deliveries {
@@ -233,11 +246,11 @@ pub struct Deliveries {
     /// Wakes the interest refresh when `fresh` gains a topic.
     fresh_added: Notify,
     interest: Mutex<BTreeMap<Topic, BTreeMap<NodeId, Instant>>>,
-    /// The presence last handed to every local watcher of each user, kept while a local
-    /// session watches the user. Every interest refresh repeats each watched user's presence;
-    /// without this a 1,000-member group would cost its node a million session pushes a second
-    /// doing nothing.
-    presence: Mutex<BTreeMap<UserId, Arc<Push>>>,
+    /// Per user a local session watches: the presence last handed to its watchers, and the
+    /// watchers that missed it (their queue was full), which repeats are handed to until they
+    /// take it. Every interest refresh repeats each watched user's presence; without this a
+    /// 1,000-member group would cost its node a million session pushes a second doing nothing.
+    presence: Mutex<BTreeMap<UserId, KnownPresence>>,
     /// Test hook: how many more [`Push::Joined`] to drop on arrival.
     joins_to_drop: AtomicU64,
 }
@@ -267,32 +280,20 @@ impl Deliveries {
             return;
         }
         if let Topic::Presence(user) = &topic {
-            let mut presence = self.presence.lock().expect("presence lock");
-            let Some(push) = presence.get(user).cloned() else { return };
-            let sent = self
-                .sessions
-                .lock()
-                .expect("sessions lock")
-                .get(&id)
-                .is_some_and(|sender| sender.try_send(push).is_ok());
-            if !sent {
-                // The session missed it: the next refresh must reach it again.
-                presence.remove(user);
-            }
+            drop(local);
+            self.resend_presence(id, user);
         }
     }
 
     /// Hands session `id` the presence of `user` this node last handed its watchers, if it
-    /// has one: for a session whose view of `user` may have changed (it now shares a 1:1).
+    /// has one: for a new watcher, or one whose view of `user` may have changed (it now
+    /// shares a 1:1). If its queue is full, it is owed the presence and the next repeat
+    /// brings it.
     pub fn resend_presence(&self, id: u64, user: &UserId) {
-        let Some(push) = self.presence.lock().expect("presence lock").get(user).cloned() else { return };
-        // Locks are taken one at a time here (`dispatch` holds presence, then sessions).
-        let sessions = self.sessions.lock().expect("sessions lock");
-        let missed = sessions.get(&id).is_some_and(|sender| sender.try_send(push).is_err());
-        drop(sessions);
-        if missed {
-            // The next refresh must reach it again.
-            self.presence.lock().expect("presence lock").remove(user);
+        let mut presence = self.presence.lock().expect("presence lock");
+        let Some(known) = presence.get_mut(user) else { return };
+        if !hand(&self.sessions.lock().expect("sessions lock"), id, &known.push) {
+            known.owed.insert(id);
         }
     }
 
@@ -302,10 +303,16 @@ impl Deliveries {
         let mut local = self.local.lock().expect("local lock");
         let mut presence = self.presence.lock().expect("presence lock");
         local.retain(|topic, sessions| {
-            sessions.remove(&id);
+            if !sessions.remove(&id) {
+                return true;
+            }
             let watched = !sessions.is_empty();
-            if let (Topic::Presence(user), false) = (topic, watched) {
-                presence.remove(user);
+            if let Topic::Presence(user) = topic {
+                if let (true, Some(known)) = (watched, presence.get_mut(user)) {
+                    known.owed.remove(&id);
+                } else if !watched {
+                    presence.remove(user);
+                }
             }
             watched
         });
@@ -332,9 +339,9 @@ impl Deliveries {
     /// Hands `push` to every local session subscribed to its topic. A session whose queue is
     /// full misses it and catches up at the next refresh.
     ///
-    /// A presence push equal to the one last handed to this user's watchers is dropped here,
-    /// once per node rather than once per session. If any watcher missed the last one (its
-    /// queue was full), nothing is remembered, so the next refresh reaches every watcher again.
+    /// A presence push equal to the one last handed to this user's watchers goes only to the
+    /// watchers that missed it (their queue was full), once per node rather than to every
+    /// session; a different one goes to all of them and is remembered in its place.
     pub fn dispatch(&self, push: Push) {
         if matches!(push, Push::Joined { .. })
             && self.joins_to_drop.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
@@ -344,27 +351,21 @@ impl Deliveries {
         let local = self.local.lock().expect("local lock");
         let Some(targets) = local.get(&push.topic()) else { return };
         let push = Arc::new(push);
-        let mut presence = self.presence.lock().expect("presence lock");
-        let presence_of = match &*push {
-            Push::Presence { user, .. } => {
-                if presence.get(user) == Some(&push) {
-                    return;
-                }
-                presence.remove(user);
-                Some(user)
+        let Push::Presence { user, .. } = &*push else {
+            let sessions = self.sessions.lock().expect("sessions lock");
+            for &id in targets {
+                hand(&sessions, id, &push);
             }
-            _ => None,
+            return;
         };
+        let mut presence = self.presence.lock().expect("presence lock");
         let sessions = self.sessions.lock().expect("sessions lock");
-        let mut missed = false;
-        for id in targets {
-            if let Some(sender) = sessions.get(id) {
-                missed |= sender.try_send(push.clone()).is_err();
-            }
+        if let Some(known) = presence.get_mut(user).filter(|known| known.push == push) {
+            known.owed.retain(|&id| !hand(&sessions, id, &push));
+            return;
         }
-        if let (Some(user), false) = (presence_of, missed) {
-            presence.insert(user.clone(), push.clone());
-        }
+        let owed = targets.iter().copied().filter(|&id| !hand(&sessions, id, &push)).collect();
+        presence.insert(user.clone(), KnownPresence { push: push.clone(), owed });
     }
 
     /// Test hook: the next `count` [`Push::Joined`] this node receives are dropped, as a lost
@@ -529,9 +530,25 @@ mod tests {
         while a.pushes.try_recv().is_ok() {}
         deliveries.dispatch(online.clone());
         assert_eq!(a.pushes.try_recv(), Ok(Arc::new(online.clone())), "the repeat heals the one that missed");
-        assert_eq!(b.pushes.try_recv(), Ok(Arc::new(online.clone())), "the others drop it themselves");
+        assert!(b.pushes.try_recv().is_err(), "and goes to no one else");
         deliveries.dispatch(online.clone());
-        assert!(a.pushes.try_recv().is_err() && b.pushes.try_recv().is_err(), "and then it is known again");
+        assert!(a.pushes.try_recv().is_err() && b.pushes.try_recv().is_err(), "and then nobody is owed it");
+
+        // A session that is stuck (its queue stays full) is owed the presence: repeats try it
+        // alone, and it gets the presence once it reads again.
+        for _ in 0..SESSION_PUSH_QUEUE_MAX {
+            deliveries.dispatch(Push::Behind { conversation: conversation(1), last_seq: 1 });
+        }
+        deliveries.dispatch(away.clone());
+        assert_eq!(b.pushes.try_recv(), Ok(Arc::new(away.clone())));
+        for _ in 0..3 {
+            deliveries.dispatch(away.clone());
+        }
+        assert!(b.pushes.try_recv().is_err(), "repeats do not reach those who have it");
+        while a.pushes.try_recv().is_ok() {}
+        deliveries.dispatch(away.clone());
+        assert_eq!(a.pushes.try_recv(), Ok(Arc::new(away.clone())));
+        assert!(a.pushes.try_recv().is_err());
 
         // When nobody here watches bob any more, his presence is forgotten: a watcher that
         // comes later waits for the leader's answer to the fresh interest.
