@@ -72,6 +72,18 @@ fn conversation(i: usize) -> ConversationId {
 }
 
 /// A conversation id no case ever creates.
+/// Creates group `id` of users 0 and 1, by user 0, at `ts`.
+fn group_of_users_0_and_1(id: ConversationId, ts: u64) -> Command {
+    Command::CreateConversation {
+        conversation: id,
+        creator: user(0),
+        members: [user(0), user(1)].into(),
+        title: None,
+        direct: false,
+        ts,
+    }
+}
+
 fn missing_conversation() -> ConversationId {
     ConversationId::from_bytes([0xee; 16])
 }
@@ -1020,14 +1032,7 @@ fn dedup_window_edge() {
     let node = Node::open();
     let mut driver = Driver::new(ShardId(7));
     let id = conversation(0);
-    let create = Command::CreateConversation {
-        conversation: id,
-        creator: user(0),
-        members: [user(0), user(1)].into(),
-        title: None,
-        direct: false,
-        ts: 1,
-    };
+    let create = group_of_users_0_and_1(id, 1);
     assert!(matches!(driver.apply(&node, &create), Response::Conversation { created: true, .. }));
     let send = |u: usize, d: usize, client_seq: u64| Command::Append {
         conversation: id,
@@ -1122,14 +1127,7 @@ fn cursor_moves_apply_one_by_one() {
     let node = Node::open();
     let mut driver = Driver::new(ShardId(3));
     let id = conversation(0);
-    let create = Command::CreateConversation {
-        conversation: id,
-        creator: user(0),
-        members: [user(0), user(1)].into(),
-        title: None,
-        direct: false,
-        ts: 1,
-    };
+    let create = group_of_users_0_and_1(id, 1);
     assert!(matches!(driver.apply(&node, &create), Response::Conversation { created: true, .. }));
     for client_seq in 1..=3 {
         let send = Command::Append {
@@ -1210,14 +1208,7 @@ proptest! {
         let (mut batched_driver, mut single_driver) = (Driver::new(ShardId(shard)), Driver::new(ShardId(shard)));
         let id = conversation(0);
         let sender = if member { user(0) } else { user(2) };
-        let create = Command::CreateConversation {
-            conversation: id,
-            creator: user(0),
-            members: [user(0), user(1)].into(),
-            title: None,
-            direct: false,
-            ts: 0,
-        };
+        let create = group_of_users_0_and_1(id, 0);
         batched_driver.apply(&batched_node, &create);
         single_driver.apply(&single_node, &create);
         let mut batch = Vec::new();
@@ -1271,14 +1262,7 @@ fn an_oversized_batch_is_refused_whole() {
     let node = Node::open();
     let mut driver = Driver::new(ShardId(5));
     let id = conversation(0);
-    let create = Command::CreateConversation {
-        conversation: id,
-        creator: user(0),
-        members: [user(0), user(1)].into(),
-        title: None,
-        direct: false,
-        ts: 1,
-    };
+    let create = group_of_users_0_and_1(id, 1);
     driver.apply(&node, &create);
     let before = node.dump(driver.shard);
     let outgoing = |client_seq: u64, bytes: usize| Outgoing { client_seq, body: "x".repeat(bytes) };
