@@ -71,7 +71,6 @@ fn conversation(i: usize) -> ConversationId {
     }
 }
 
-/// A conversation id no case ever creates.
 /// Creates group `id` of users 0 and 1, by user 0, at `ts`.
 fn group_of_users_0_and_1(id: ConversationId, ts: u64) -> Command {
     Command::CreateConversation {
@@ -84,6 +83,7 @@ fn group_of_users_0_and_1(id: ConversationId, ts: u64) -> Command {
     }
 }
 
+/// A conversation id no case ever creates.
 fn missing_conversation() -> ConversationId {
     ConversationId::from_bytes([0xee; 16])
 }
