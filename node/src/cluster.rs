@@ -785,16 +785,26 @@ impl Cluster {
         let Some(raft) = self.groups.get(&shard) else {
             return PeerResponse::UnknownShard;
         };
-        // The messages this command may append, to push once they commit.
-        let appends: Vec<(ConversationId, UserId, DeviceId, u64, String)> = match &command {
+        // The messages this command may append, to push once they commit (seq and ts are
+        // filled in from the answer).
+        let record = |conversation: &ConversationId, sender: &UserId, device: &DeviceId, client_seq, body: &String| {
+            MessageRecord {
+                conversation: *conversation,
+                seq: 0,
+                sender: sender.clone(),
+                sender_device: device.clone(),
+                client_seq,
+                ts: 0,
+                body: body.clone(),
+            }
+        };
+        let appends: Vec<MessageRecord> = match &command {
             Command::Append { conversation, sender, device, client_seq, body, .. } => {
-                vec![(*conversation, sender.clone(), device.clone(), *client_seq, body.clone())]
+                vec![record(conversation, sender, device, *client_seq, body)]
             }
             Command::AppendMany { conversation, sender, device, messages, .. } => messages
                 .iter()
-                .map(|message| {
-                    (*conversation, sender.clone(), device.clone(), message.client_seq, message.body.clone())
-                })
+                .map(|message| record(conversation, sender, device, message.client_seq, &message.body))
                 .collect(),
             _ => Vec::new(),
         };
@@ -827,17 +837,9 @@ impl Cluster {
                 let messages: Vec<Push> = appends
                     .into_iter()
                     .zip(placed)
-                    .filter_map(|((conversation, sender, sender_device, client_seq, body), place)| {
-                        let (seq, ts) = place?;
-                        Some(Push::Message(MessageRecord {
-                            conversation,
-                            seq,
-                            sender,
-                            sender_device,
-                            client_seq,
-                            ts,
-                            body,
-                        }))
+                    .filter_map(|(mut message, place)| {
+                        (message.seq, message.ts) = place?;
+                        Some(Push::Message(message))
                     })
                     .collect();
                 self.push_all(shard, messages);
