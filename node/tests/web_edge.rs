@@ -213,6 +213,19 @@ impl Browser {
         self.answer().await
     }
 
+    /// Creates a conversation with `member` (a group when it has a `title`); its id.
+    async fn create(&mut self, member: &str, title: Option<&str>) -> ConversationId {
+        let create = ClientFrame::CreateConversation {
+            request_id: format!("create-{member}"),
+            members: vec![UserId::new(member).unwrap()],
+            title: title.map(str::to_owned),
+        };
+        match self.request(&create).await {
+            ServerFrame::Conversation { id, .. } => id,
+            other => panic!("no conversation: {other:?}"),
+        }
+    }
+
     /// The next frame that is not a pushed `message`.
     async fn answer(&mut self) -> ServerFrame {
         loop {
@@ -459,12 +472,7 @@ fn an_http_session_resumes_by_cursor_when_its_events_are_gone() {
         let cluster = start_cluster(1).await;
         let node = cluster.http[0];
         let (mut alice, _) = Browser::hello(Transport::Sse, node, "alice", BTreeMap::new()).await;
-        let create = ClientFrame::CreateConversation {
-            request_id: "r".into(),
-            members: vec![UserId::new("bob").unwrap()],
-            title: None,
-        };
-        let ServerFrame::Conversation { id: conversation, .. } = alice.request(&create).await else { panic!() };
+        let conversation = alice.create("bob", None).await;
         let ok = alice.request(&send(conversation, 1, "first")).await;
         assert!(matches!(ok, ServerFrame::SendOk { seq: 1, .. }), "{ok:?}");
 
@@ -510,12 +518,7 @@ fn the_web_client_is_served_at_the_root() {
 /// Creates alice's 1:1 with bob over a WebSocket to `node`.
 async fn alice_and_bob(node: SocketAddr) -> (Browser, ConversationId) {
     let (mut alice, _) = Browser::hello(Transport::WebSocket, node, "alice", BTreeMap::new()).await;
-    let create = ClientFrame::CreateConversation {
-        request_id: "r".into(),
-        members: vec![UserId::new("bob").unwrap()],
-        title: None,
-    };
-    let ServerFrame::Conversation { id, .. } = alice.request(&create).await else { panic!("no conversation") };
+    let id = alice.create("bob", None).await;
     (alice, id)
 }
 
@@ -539,19 +542,9 @@ fn a_contacts_only_user_shows_once_a_one_to_one_is_created() {
         let settings = ClientFrame::Settings { request_id: "s".into(), presence_privacy: PresencePrivacy::Contacts };
         assert!(matches!(carol.request(&settings).await, ServerFrame::Settings { .. }));
         let (mut alice, _) = Browser::hello(Transport::WebSocket, node, "alice", BTreeMap::new()).await;
-        let group = ClientFrame::CreateConversation {
-            request_id: "g".into(),
-            members: vec![UserId::new("carol").unwrap()],
-            title: Some("group".into()),
-        };
-        assert!(matches!(alice.request(&group).await, ServerFrame::Conversation { .. }));
+        alice.create("carol", Some("group")).await;
         assert!(alice.wait_presence("carol", PresenceStatus::Offline).await, "hidden from a group member");
-        let direct = ClientFrame::CreateConversation {
-            request_id: "d".into(),
-            members: vec![UserId::new("carol").unwrap()],
-            title: None,
-        };
-        assert!(matches!(alice.request(&direct).await, ServerFrame::Conversation { .. }));
+        alice.create("carol", None).await;
         assert!(alice.wait_presence("carol", PresenceStatus::Online).await, "shown to a contact: {:?}", alice.presence);
         cluster.shutdown().await;
     });
@@ -572,14 +565,7 @@ fn a_window_of_sends_is_batched_and_keeps_its_order() {
         let cluster = start_cluster_limited(3, limits).await;
         let node = cluster.http[0];
         let (mut alice, with_bob) = alice_and_bob(node).await;
-        let create = ClientFrame::CreateConversation {
-            request_id: "carol".into(),
-            members: vec![UserId::new("carol").unwrap()],
-            title: None,
-        };
-        let ServerFrame::Conversation { id: with_carol, .. } = alice.request(&create).await else {
-            panic!("no conversation")
-        };
+        let with_carol = alice.create("carol", None).await;
         let before = proposals_committed(node).await;
         let total = 300u64;
         let to = |client_seq: u64| if client_seq % 2 == 0 { with_bob } else { with_carol };
