@@ -39,7 +39,9 @@ pub const INTEREST_TTL: Duration = Duration::from_millis(3500);
 pub const SESSION_PUSH_QUEUE_MAX: usize = 1024;
 /// The part of a user's conversation list that sessions track and leaders fingerprint: the
 /// first this many ids in id order, the part `welcome` lists.
-pub const LISTING_CONVERSATIONS_MAX: usize = crate::edge::WELCOME_CONVERSATIONS_MAX;
+pub const LISTING_CONVERSATIONS_MAX: usize = WELCOME_CONVERSATIONS_MAX;
+/// Most conversations listed in one `welcome`.
+pub const WELCOME_CONVERSATIONS_MAX: usize = 1024;
 
 /// What a node's sessions subscribe to, and what nodes register interest in with leaders.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

@@ -119,7 +119,7 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
     let mut web = None;
     if let Some(tokens) = tokens {
         let edge = edge::ClientEdge::new(cluster.clone(), tokens, clock, ids);
-        transport.serve_clients(Arc::new(edge::EdgeHandler(edge.clone())));
+        transport.serve_clients(Arc::new(edge::quic::EdgeHandler(edge.clone())));
         web = Some(web::Web::new(edge));
     }
     let (mut http_addr, mut stop_http, mut http_task) = (None, None, None);

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use natter_raft::types::Runtime;
 
-use crate::edge::{ClientEdge, Inbound, Wire};
+use crate::edge::{ClientEdge, Inbound, Wire, WireClosed};
 use crate::env::Clock;
 
 /// The web client, embedded so the binary serves it with no build step.
@@ -157,7 +157,7 @@ fn authenticate(web: &Web, headers: &HeaderMap, params: &Params) -> Result<UserI
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let token = bearer.or(params.token.as_deref()).unwrap_or("");
-    web.edge.authenticate(token)
+    web.edge.authenticate(token).map_err(|error| error.to_string())
 }
 
 fn unauthenticated(reason: String) -> Response {
@@ -219,8 +219,8 @@ impl Wire for WsWire {
         }
     }
 
-    async fn send(&mut self, frame: &ServerFrame) -> Result<(), ()> {
-        self.socket.send(Message::Text(encode_server(frame).into())).await.map_err(|_| ())
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), WireClosed> {
+        self.socket.send(Message::Text(encode_server(frame).into())).await.map_err(|_| WireClosed)
     }
 
     async fn close(&mut self, code: u32, reason: &'static str) {
@@ -365,7 +365,7 @@ impl Wire for HttpWire {
         }
     }
 
-    async fn send(&mut self, frame: &ServerFrame) -> Result<(), ()> {
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), WireClosed> {
         let json = encode_server(frame);
         loop {
             let changed = self.session.changed.notified();
@@ -374,7 +374,7 @@ impl Wire for HttpWire {
             {
                 let mut outbox = self.session.outbox.lock().expect("outbox lock");
                 if outbox.ended {
-                    return Err(());
+                    return Err(WireClosed);
                 }
                 // Frames the client was sent make room first; frames it was never sent are
                 // never dropped: the session waits for the client instead.
@@ -397,7 +397,7 @@ impl Wire for HttpWire {
                 () = &mut changed => {}
                 () = tokio::time::sleep(IDLE_CHECK) => {
                     if self.session.expired() {
-                        return Err(());
+                        return Err(WireClosed);
                     }
                 }
             }
