@@ -1,7 +1,7 @@
 //! `natter status`: one node's view of the cluster from `GET /v1/admin/cluster`, as JSON or
 //! as tables.
 //!
-//! The types mirror `natter_node::cluster::ClusterStatus` field for field (a unit test checks
+//! The types mirror `natter_node::ops::status::ClusterStatus` field for field (a unit test checks
 //! that what the node serializes, this reads); unknown fields are ignored so an older CLI can
 //! read a newer node.
 
@@ -249,16 +249,16 @@ mod tests {
 
     #[test]
     fn reads_what_the_node_serves() {
-        let served = natter_node::cluster::ClusterStatus {
+        let served = natter_node::ops::status::ClusterStatus {
             node_id: 1,
             shards: 1,
-            nodes: vec![natter_node::cluster::NodeStatus {
+            nodes: vec![natter_node::ops::status::NodeStatus {
                 id: 1,
                 peer_addr: "127.0.0.1:7401".into(),
                 http_addr: "127.0.0.1:7480".into(),
                 connection: "self".into(),
             }],
-            local_shards: vec![natter_node::cluster::ShardStatus {
+            local_shards: vec![natter_node::ops::status::ShardStatus {
                 shard: 0,
                 replicas: vec![1],
                 leader: Some(1),

@@ -10,22 +10,19 @@
 //! simulated run is reproducible from its seed.
 
 pub mod acks;
-pub mod auth;
-pub mod cluster;
-pub mod config;
 pub mod delivery;
 pub mod edge;
 pub mod env;
-pub mod http;
-pub mod metrics;
-pub mod network;
+pub mod ops;
+pub mod outbox;
+pub mod peers;
 pub mod presence;
-pub mod rate;
-pub mod rpc;
-pub mod sends;
-pub mod tls;
-pub mod transport;
-pub mod web;
+pub mod shards;
+
+// The paths tools and tests outside the node use.
+pub use edge::{auth, rate};
+pub use ops::config;
+pub use peers::{rpc, tls, transport};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,7 +31,7 @@ use std::sync::Arc;
 use natter_raft::types::Runtime;
 use openraft::AsyncRuntime;
 
-pub use cluster::{Cluster, ClusterError};
+pub use shards::{Cluster, ClusterError};
 pub use config::Config;
 pub use env::NodeEnv;
 
@@ -55,7 +52,7 @@ pub struct NodeHandle {
     http_addr: Option<SocketAddr>,
     stop_http: Option<tokio::sync::oneshot::Sender<()>>,
     http_task: Option<tokio::task::JoinHandle<()>>,
-    transport: Arc<transport::Transport>,
+    transport: Arc<peers::transport::Transport>,
 }
 
 impl Drop for NodeHandle {
@@ -100,15 +97,15 @@ impl NodeHandle {
 /// `main()` and the simulator do.
 pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow::Error> {
     config.validate()?;
-    let tls = tls::PeerTls::load(&config.tls)?;
+    let tls = peers::tls::PeerTls::load(&config.tls)?;
     let me = config.me().clone();
     let peers: BTreeMap<_, _> =
         config.nodes.iter().filter(|node| node.id != config.node_id).map(|node| (node.id, node.peer_addr)).collect();
-    let transport = transport::Transport::bind(&env, me.peer_addr, &tls, peers).await?;
+    let transport = peers::transport::Transport::bind(&env, me.peer_addr, &tls, peers).await?;
     let peer_addr = transport.local_addr()?;
     let serve_http = env.http;
     let tokens = match &config.jwt_secret {
-        Some(secret) => Some(auth::TokenKey::new(secret.as_bytes())?),
+        Some(secret) => Some(edge::auth::TokenKey::new(secret.as_bytes())?),
         None => {
             tracing::warn!("no jwt_secret configured: client connections will be refused");
             None
@@ -120,12 +117,12 @@ pub async fn run_node(config: Config, env: NodeEnv) -> Result<NodeHandle, anyhow
     if let Some(tokens) = tokens {
         let edge = edge::ClientEdge::new(cluster.clone(), tokens, clock, ids);
         transport.serve_clients(Arc::new(edge::quic::EdgeHandler(edge.clone())));
-        web = Some(web::Web::new(edge));
+        web = Some(edge::web::Web::new(edge));
     }
     let (mut http_addr, mut stop_http, mut http_task) = (None, None, None);
     if serve_http {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr, task) = http::serve(me.http_addr, cluster.clone(), web, async move {
+        let (addr, task) = ops::http::serve(me.http_addr, cluster.clone(), web, async move {
             let _ = stopped.await;
         })
         .await?;

@@ -171,6 +171,51 @@ impl fmt::Display for Command {
     }
 }
 
+/// What a committed entry did that others must hear of: the leader pushes these to the nodes
+/// interested in them, so it never has to work out from a command and its response what
+/// committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// A message was appended (a resend that appended nothing is not one).
+    Appended(natter_proto::MessageRecord),
+    /// A member's cursors moved: the highest over the member's devices after the entry, so a
+    /// receipt built from it never goes backwards.
+    Receipt {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The member.
+        user: UserId,
+        /// Highest seq delivered to any of the member's devices.
+        delivered: u64,
+        /// Highest seq the member has read.
+        read: u64,
+    },
+    /// The user's shard recorded that `user` is a member of `conversation` (duplicate and
+    /// stale records too: sessions already following it ignore it, and a stale one is refused
+    /// by the membership check when they read the conversation).
+    Joined {
+        /// The user.
+        user: UserId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
+}
+
+/// What applying one log entry produced: the answer for the proposer and the effects to push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The proposer's answer.
+    pub response: Response,
+    /// What committed that others must hear of, in the order it happened.
+    pub effects: Vec<Effect>,
+}
+
+impl From<Response> for Applied {
+    fn from(response: Response) -> Self {
+        Self { response, effects: Vec::new() }
+    }
+}
+
 /// The result of applying one log entry. Rejections are results too: every replica reaches the
 /// same one, so they are answered only after commit like any other response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

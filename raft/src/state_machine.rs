@@ -13,8 +13,8 @@ use natter_proto::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, CommandError, ConversationView, Cursor, CursorMove, MessageView, OutboxId, OutboxItem, Outgoing, Placed,
-    Response, UserRecord, UserSettings, APPEND_MANY_BYTES_MAX, APPEND_MANY_MAX, CURSOR_MOVES_MAX,
+    Applied, Command, CommandError, ConversationView, Cursor, CursorMove, Effect, MessageView, OutboxId, OutboxItem,
+    Outgoing, Placed, Response, UserRecord, UserSettings, APPEND_MANY_BYTES_MAX, APPEND_MANY_MAX, CURSOR_MOVES_MAX,
 };
 use crate::placement::ShardId;
 use crate::tables::{decode, delete_prefix, get, put, read_u64, Key, Tables};
@@ -52,15 +52,16 @@ struct MembershipRow {
     version: u64,
 }
 
-/// Applies one committed command at log `index` of `shard`. Rejections write nothing.
-pub fn apply(
+/// Applies one committed command at log `index` of `shard` and says what it did: the answer
+/// for the proposer and the effects to push. Rejections write nothing and have no effects.
+pub fn apply_with_effects(
     tables: &Tables,
     txn: &mut RwTxn<'_>,
     shard: ShardId,
     index: u64,
     command: &Command,
-) -> heed::Result<Response> {
-    let mut machine = Machine { tables, shard, index };
+) -> heed::Result<Applied> {
+    let mut machine = Machine { tables, shard, index, effects: Vec::new() };
     let result = match command {
         Command::CreateConversation { conversation, creator, members, title, direct, ts } => {
             machine.create(txn, conversation, creator, members, title, *direct, *ts)
@@ -85,7 +86,24 @@ pub fn apply(
         Command::AckOutbox { ids } => machine.ack_outbox(txn, ids).map(Ok),
         Command::Probe { .. } => Ok(Ok(Response::Probed { index })),
     }?;
-    Ok(result.unwrap_or_else(Response::Rejected))
+    match result {
+        Ok(response) => Ok(Applied { response, effects: machine.effects }),
+        Err(error) => {
+            debug_assert!(machine.effects.is_empty(), "a rejection has no effects");
+            Ok(Applied::from(Response::Rejected(error)))
+        }
+    }
+}
+
+/// [`apply_with_effects`] for callers that want only the proposer's answer.
+pub fn apply(
+    tables: &Tables,
+    txn: &mut RwTxn<'_>,
+    shard: ShardId,
+    index: u64,
+    command: &Command,
+) -> heed::Result<Response> {
+    apply_with_effects(tables, txn, shard, index, command).map(|applied| applied.response)
 }
 
 type Outcome = heed::Result<Result<Response, CommandError>>;
@@ -94,6 +112,8 @@ struct Machine<'a> {
     tables: &'a Tables,
     shard: ShardId,
     index: u64,
+    /// What the command did so far that others must hear of.
+    effects: Vec<Effect>,
 }
 
 impl Machine<'_> {
@@ -314,6 +334,22 @@ impl Machine<'_> {
         ts: u64,
         body: &str,
     ) -> Outcome {
+        let placed = self.place(txn, conversation, sender, device, client_seq, ts, body)?;
+        Ok(placed.map(|Placed { conversation, seq, ts, duplicate }| Response::Appended { conversation, seq, ts, duplicate }))
+    }
+
+    /// Appends one message, or answers a resend with its original place.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        conversation: &ConversationId,
+        sender: &UserId,
+        device: &DeviceId,
+        client_seq: u64,
+        ts: u64,
+        body: &str,
+    ) -> heed::Result<Result<Placed, CommandError>> {
         let device_key = self.key().user(sender).device(device);
         // Exactly once: a remembered client_seq answers with its original place, whatever else
         // changed since (even if the sender has left the conversation).
@@ -324,12 +360,7 @@ impl Machine<'_> {
             get::<DedupRow>(&self.tables.dedup, txn, dedup_key.as_bytes())?
         };
         if let Some(row) = remembered {
-            return Ok(Ok(Response::Appended {
-                conversation: row.conversation,
-                seq: row.seq,
-                ts: row.ts,
-                duplicate: true,
-            }));
+            return Ok(Ok(Placed { conversation: row.conversation, seq: row.seq, ts: row.ts, duplicate: true }));
         }
         let highest = self.tables.dedup_high.get(txn, device_key.as_bytes())?.map(|raw| read_u64(raw, 0));
         if let Some(highest) = highest {
@@ -354,6 +385,15 @@ impl Machine<'_> {
         let ts = ts.max(row.last_ts);
         let message =
             MessageRow { sender: sender.clone(), sender_device: device.clone(), client_seq, ts, body: body.to_owned() };
+        self.effects.push(Effect::Appended(natter_proto::MessageRecord {
+            conversation: *conversation,
+            seq,
+            sender: sender.clone(),
+            sender_device: device.clone(),
+            client_seq,
+            ts,
+            body: body.to_owned(),
+        }));
         let message_key = self.key().conversation(conversation).u64(seq);
         debug_assert!(self.tables.messages.get(txn, message_key.as_bytes())?.is_none(), "seq {seq} already used");
         put(&self.tables.messages, txn, message_key.as_bytes(), &message)?;
@@ -372,7 +412,7 @@ impl Machine<'_> {
                 self.tables.dedup.delete_range(txn, &range)?;
             }
         }
-        Ok(Ok(Response::Appended { conversation: *conversation, seq, ts, duplicate: false }))
+        Ok(Ok(Placed { conversation: *conversation, seq, ts, duplicate: false }))
     }
 
     fn append_many(
@@ -393,14 +433,7 @@ impl Machine<'_> {
         }
         let mut outcomes = Vec::with_capacity(messages.len());
         for message in messages {
-            let outcome = self.append(txn, conversation, sender, device, message.client_seq, ts, &message.body)?;
-            outcomes.push(match outcome {
-                Ok(Response::Appended { conversation, seq, ts, duplicate }) => {
-                    Ok(Placed { conversation, seq, ts, duplicate })
-                }
-                Ok(other) => unreachable!("an append answers with its place, not {other:?}"),
-                Err(error) => Err(error),
-            });
+            outcomes.push(self.place(txn, conversation, sender, device, message.client_seq, ts, &message.body)?);
         }
         Ok(Ok(Response::AppendedMany { outcomes }))
     }
@@ -414,6 +447,18 @@ impl Machine<'_> {
         delivered: Option<u64>,
         read: Option<u64>,
     ) -> Outcome {
+        let step = CursorMove { conversation: *conversation, user: user.clone(), device: device.clone(), delivered, read };
+        let moved = self.move_one_cursor(txn, &step)?;
+        if moved.is_ok() {
+            self.receipt(txn, conversation, user)?;
+        }
+        Ok(moved.map(|Cursor { delivered, read }| Response::Cursor { delivered, read }))
+    }
+
+    /// Moves one device's cursors forward (clamped to the newest seq); its new cursors.
+    fn move_one_cursor(&mut self, txn: &mut RwTxn<'_>, step: &CursorMove) -> heed::Result<Result<Cursor, CommandError>> {
+        let CursorMove { conversation, user, device, delivered, read } = step;
+        let (delivered, read) = (*delivered, *read);
         let row = match self.member_row(txn, conversation, user)? {
             Ok(row) => row,
             Err(error) => return Ok(Err(error)),
@@ -428,7 +473,20 @@ impl Machine<'_> {
         if new != old {
             put(&self.tables.cursors, txn, key.as_bytes(), &new)?;
         }
-        Ok(Ok(Response::Cursor { delivered, read }))
+        Ok(Ok(new))
+    }
+
+    /// Records the receipt of `user` in `conversation`: the highest cursors over its devices.
+    fn receipt(&mut self, txn: &RoTxn<'_>, conversation: &ConversationId, user: &UserId) -> heed::Result<()> {
+        let reader = Reader { tables: self.tables, shard: self.shard };
+        let (mut delivered, mut read) = (0, 0);
+        for (owner, _, cursor) in reader.cursors(txn, conversation)? {
+            if &owner == user {
+                (delivered, read) = (delivered.max(cursor.delivered), read.max(cursor.read));
+            }
+        }
+        self.effects.push(Effect::Receipt { conversation: *conversation, user: user.clone(), delivered, read });
+        Ok(())
     }
 
     fn move_cursors(&mut self, txn: &mut RwTxn<'_>, moves: &[CursorMove]) -> Outcome {
@@ -439,14 +497,17 @@ impl Machine<'_> {
             ))));
         }
         let mut outcomes = Vec::with_capacity(moves.len());
+        let mut moved = BTreeSet::new();
         for step in moves {
-            let outcome =
-                self.move_cursor(txn, &step.conversation, &step.user, &step.device, step.delivered, step.read)?;
-            outcomes.push(match outcome {
-                Ok(Response::Cursor { delivered, read }) => Ok(Cursor { delivered, read }),
-                Ok(other) => unreachable!("a cursor move answers with a cursor, not {other:?}"),
-                Err(error) => Err(error),
-            });
+            let outcome = self.move_one_cursor(txn, step)?;
+            if outcome.is_ok() {
+                moved.insert((step.conversation, step.user.clone()));
+            }
+            outcomes.push(outcome);
+        }
+        // One receipt per member whose cursors moved, from the state after the whole batch.
+        for (conversation, user) in moved {
+            self.receipt(txn, &conversation, &user)?;
         }
         Ok(Ok(Response::Cursors { outcomes }))
     }
@@ -463,6 +524,9 @@ impl Machine<'_> {
         let old: Option<MembershipRow> = get(&self.tables.user_conversations, txn, key.as_bytes())?;
         if old.is_none_or(|old| version > old.version) {
             put(&self.tables.user_conversations, txn, key.as_bytes(), &MembershipRow { member, version })?;
+        }
+        if member {
+            self.effects.push(Effect::Joined { user: user.clone(), conversation: *conversation });
         }
         Ok(Response::Done)
     }

@@ -27,7 +27,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::command::Response;
+use crate::command::{Applied, Response};
 use crate::placement::ShardId;
 use crate::state_machine::{self, Reader};
 use crate::tables::{decode, delete_prefix, encode, get, meta, put, read_u64, Key, Tables, TABLE_COUNT};
@@ -463,14 +463,14 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 let mut responses = Vec::with_capacity(batch.len());
                 for entry in &batch {
                     let response = match &entry.payload {
-                        EntryPayload::Blank => Response::Done,
+                        EntryPayload::Blank => Applied::from(Response::Done),
                         EntryPayload::Normal(command) => {
-                            state_machine::apply(tables, txn, shard, entry.log_id().index(), command)?
+                            state_machine::apply_with_effects(tables, txn, shard, entry.log_id().index(), command)?
                         }
                         EntryPayload::Membership(membership) => {
                             let stored = StoredMembership::new(Some(entry.log_id()), membership.clone());
                             put(&tables.meta, txn, Key::shard(shard).u8(meta::MEMBERSHIP).as_bytes(), &stored)?;
-                            Response::Done
+                            Applied::from(Response::Done)
                         }
                     };
                     responses.push(response);
@@ -550,3 +550,6 @@ fn assert_send_sync() {
     is::<ShardStateMachine>();
     let _ = (read_u64, delete_prefix);
 }
+
+/// A Raft group handle for one shard.
+pub type Raft = openraft::Raft<TypeConfig, ShardStateMachine>;

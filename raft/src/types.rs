@@ -6,7 +6,7 @@ use openraft::rt::deterministic_rng::DeterministicRng;
 use openraft_rt_tokio::TokioRuntime;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Response};
+use crate::command::{Applied, Command};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -32,7 +32,7 @@ openraft::declare_raft_types!(
     /// The type configuration of a conversation shard's Raft group.
     pub TypeConfig:
         D = Command,
-        R = Response,
+        R = Applied,
         NodeId = NodeId,
         Node = NodeInfo,
         AsyncRuntime = Runtime,
@@ -50,5 +50,4 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot with its data: the encoded shard state (see [`crate::snapshot`]).
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
-/// A Raft group handle for one shard.
-pub type Raft = openraft::Raft<TypeConfig, crate::store::ShardStateMachine>;
+

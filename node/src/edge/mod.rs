@@ -14,9 +14,13 @@
 //! continues; a peer that sends [`session::BAD_FRAMES_MAX`] bad frames in a row, fails to
 //! authenticate, or never says `hello` is closed.
 
+pub mod auth;
 pub mod quic;
+pub mod rate;
+pub mod sends;
 pub mod session;
 mod shell;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,10 +33,10 @@ use natter_proto::{ConversationId, UserId};
 use rand::rngs::StdRng;
 use rand::RngCore;
 
-use crate::auth::{AuthError, TokenKey};
-use crate::cluster::Cluster;
+use crate::edge::auth::{AuthError, TokenKey};
+use crate::shards::Cluster;
 use crate::env::Clock;
-use crate::rate::{self, Action, Limiters};
+use rate::{Action, Limiters};
 
 pub use session::close;
 use session::{Admission, AdmitError, RateGate};

@@ -10,7 +10,7 @@ use natter_proto::frames::{ClientFrame, ServerFrame};
 
 use super::session::{close, HELLO_TIMEOUT};
 use super::{ClientEdge, Inbound, Wire, WireClosed};
-use crate::transport::ClientHandler;
+use crate::peers::transport::ClientHandler;
 
 /// How long a closing session waits for its last frames to be acknowledged.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);

@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 
 use super::session::{Effect, Request, RequestId, Session, SessionConfig, Time};
 use super::{ClientEdge, Inbound, Wire};
-use crate::cluster::ClusterError;
+use crate::shards::ClusterError;
 use crate::delivery::Push;
-use crate::sends::Batch;
+use crate::edge::sends::Batch;
 
 /// The answer to a request that took a round trip through the cluster.
 enum Answer {

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::delivery::{Listing, Push, Topic};
-use crate::rate::Action;
-use crate::sends::Batch;
+use crate::edge::rate::Action;
+use crate::edge::sends::Batch;
 
 const SHARDS: u32 = 8;
 

@@ -19,8 +19,8 @@ use openraft::raft::{
 use openraft::AnyError;
 use openraft_multi::{GroupNetworkAdapter, GroupRouter};
 
-use crate::rpc::{PeerRequest, PeerResponse};
-use crate::transport::{CallError, Transport};
+use crate::peers::rpc::{PeerRequest, PeerResponse};
+use crate::peers::transport::{CallError, Transport};
 
 /// Routes every group's RPCs through one transport.
 #[derive(Clone)]

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use natter_raft::command::Command;
 use natter_raft::placement::ShardId;
 
-use crate::cluster::Cluster;
-use crate::web::Web;
+use crate::shards::Cluster;
+use crate::edge::web::Web;
 
 /// The operator routes, and the browser routes of [`crate::web`] when the node serves clients.
 pub fn router(cluster: Arc<Cluster>, web: Option<Arc<Web>>) -> Router {
@@ -26,7 +26,7 @@ pub fn router(cluster: Arc<Cluster>, web: Option<Arc<Web>>) -> Router {
         .route("/v1/admin/probe", post(admin_probe))
         .with_state(cluster);
     match web {
-        Some(web) => operator.merge(crate::web::router(web)),
+        Some(web) => operator.merge(crate::edge::web::router(web)),
         None => operator,
     }
 }

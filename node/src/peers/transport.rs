@@ -14,11 +14,11 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::env::{Clock, NodeEnv};
-use crate::rpc::{
+use crate::peers::rpc::{
     read_frame, read_raw, write_frame, write_raw, PeerRequest, PeerResponse, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::spawn;
-use crate::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN, PEER_STREAMS_MAX};
+use crate::peers::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN, PEER_STREAMS_MAX};
 
 /// Deadline for establishing a connection to a peer.
 /// (A peer still starting loses the first Initial packets; QUIC retransmits after about a
@@ -334,7 +334,7 @@ async fn serve_stream(handler: Arc<dyn PeerHandler>, mut send: quinn::SendStream
         let mut snapshot = Vec::new();
         if let PeerRequest::Snapshot { bytes, .. } = &request {
             if *bytes > SNAPSHOT_BYTES_MAX {
-                return Err(crate::rpc::FrameIoError::TooLarge {
+                return Err(crate::peers::rpc::FrameIoError::TooLarge {
                     length: *bytes as usize,
                     max: SNAPSHOT_BYTES_MAX as usize,
                 });

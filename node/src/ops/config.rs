@@ -14,6 +14,8 @@ use natter_raft::placement::SHARD_COUNT_DEFAULT;
 use natter_raft::types::NodeId;
 use serde::{Deserialize, Serialize};
 
+pub use crate::peers::tls::TlsFiles;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "NATTER_";
 
@@ -57,18 +59,6 @@ pub struct NodeAddress {
     pub peer_addr: SocketAddr,
     /// Its HTTP address (health, metrics, admin).
     pub http_addr: SocketAddr,
-}
-
-/// Certificate files for inter-node mutual TLS.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The cluster CA certificate (PEM); peers must present certificates it signed.
-    pub ca_cert: PathBuf,
-    /// This node's certificate (PEM), signed by the CA, naming `node-<id>`.
-    pub cert: PathBuf,
-    /// This node's private key (PEM).
-    pub key: PathBuf,
 }
 
 /// Raft timings, shared by every shard group of the node.
@@ -133,7 +123,7 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Limits on what clients do (sends, creates, typing), per connection and per user.
     #[serde(default)]
-    pub rate_limits: crate::rate::RateLimits,
+    pub rate_limits: crate::edge::rate::RateLimits,
 }
 
 fn default_shards() -> u32 {
@@ -167,7 +157,7 @@ impl Config {
                 key: tls_dir.join("node-1.key"),
             },
             raft: RaftTimings::default(),
-            rate_limits: crate::rate::RateLimits::default(),
+            rate_limits: crate::edge::rate::RateLimits::default(),
             proposal_timeout_ms: default_proposal_timeout_ms(),
             rpc_timeout_ms: default_rpc_timeout_ms(),
             jwt_secret: None,
@@ -188,11 +178,11 @@ impl Config {
             shards,
             tls: TlsFiles {
                 ca_cert: tls_dir.join("ca.pem"),
-                cert: tls_dir.join(format!("{}.pem", crate::tls::node_name(id))),
-                key: tls_dir.join(format!("{}.key", crate::tls::node_name(id))),
+                cert: tls_dir.join(format!("{}.pem", crate::peers::tls::node_name(id))),
+                key: tls_dir.join(format!("{}.key", crate::peers::tls::node_name(id))),
             },
             raft: RaftTimings::default(),
-            rate_limits: crate::rate::RateLimits::default(),
+            rate_limits: crate::edge::rate::RateLimits::default(),
             proposal_timeout_ms: default_proposal_timeout_ms(),
             rpc_timeout_ms: default_rpc_timeout_ms(),
             jwt_secret: None,
@@ -233,7 +223,7 @@ impl Config {
             return invalid(format!("node_id {} is not in nodes {ids:?}", self.node_id));
         }
         if let Some(secret) = &self.jwt_secret {
-            if let Err(weak) = crate::auth::TokenKey::new(secret.as_bytes()) {
+            if let Err(weak) = crate::edge::auth::TokenKey::new(secret.as_bytes()) {
                 return invalid(weak.to_string());
             }
         }

@@ -15,6 +15,8 @@
 //!
 //! The shell calls the `poll_*` method after every `handle_*` call and again at `poll_timeout`.
 
+mod shell;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -11,6 +11,8 @@
 //! ([`AckBatcher::poll_batches`]), failed batches back in ([`AckBatcher::handle_failed`]). The
 //! cluster runs the shell that proposes the batches.
 
+mod flush;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -18,7 +18,10 @@
 //!   `ApplyMembership`), it pushes [`Push::Joined`] to the nodes interested in the user; their
 //!   sessions of that user send the client the conversation and follow it from seq 0.
 //!
-//! [`Interest`]: crate::rpc::PeerRequest::Interest
+//! [`Interest`]: crate::peers::rpc::PeerRequest::Interest
+
+mod fanout;
+mod interest;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

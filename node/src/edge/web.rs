@@ -40,7 +40,7 @@ use crate::edge::{ClientEdge, Inbound, Wire, WireClosed};
 use crate::env::Clock;
 
 /// The web client, embedded so the binary serves it with no build step.
-const INDEX_HTML: &str = include_str!("../web/index.html");
+const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB) would be most of an idle
 /// connection's cost, and 4 KiB still made an idle WebSocket cost 10.9 KiB of node memory

@@ -6,16 +6,28 @@
 //! Each node certificate names `node-<id>`; a client checks that name, so a connection to node 3
 //! is refused unless the peer holds node 3's certificate from this cluster's CA.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::config::TlsFiles;
+/// Certificate files for inter-node mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM); peers must present certificates it signed.
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM), signed by the CA, naming `node-<id>`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
 
 /// ALPN of inter-node connections.
 pub const PEER_ALPN: &[u8] = b"natter-peer/1";
