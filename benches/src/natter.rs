@@ -7,7 +7,6 @@
 //! is not the leader, the leader's fsync and a follower's fsync (a majority of three).
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,7 +132,7 @@ impl LoopbackCluster {
 
     /// Proposal attempts that nodes sent to another node so far, summed over the nodes.
     fn forwarded(&self) -> u64 {
-        self.nodes.iter().map(|node| node.cluster().metrics().proposals_forwarded.load(Ordering::Relaxed)).sum()
+        self.nodes.iter().map(|node| node.cluster().metrics().proposals_forwarded.get()).sum()
     }
 
     /// One closed-loop run: `proposers` tasks each create their own conversation, then append

@@ -31,9 +31,9 @@ use std::sync::Arc;
 use natter_raft::types::Runtime;
 use openraft::AsyncRuntime;
 
-pub use shards::{Cluster, ClusterError};
 pub use config::Config;
 pub use env::NodeEnv;
+pub use shards::{Cluster, ClusterError};
 
 /// Spawns a task through openraft's seeded runtime, so the task inherits a seed derived from
 /// its parent's (a plain `tokio::spawn` would escape the seed scope).

@@ -76,7 +76,8 @@ fn paths(text: &str) -> Vec<Vec<String>> {
                 // A group: each member continues this path.
                 let close = text[cursor..].find('}').map_or(text.len(), |offset| cursor + offset);
                 for member in text[cursor + 3..close].split(',') {
-                    let first: String = member.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let first: String =
+                        member.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
                     if !first.is_empty() {
                         let mut grouped = path.clone();
                         grouped.push(first);
@@ -109,10 +110,8 @@ fn resolve(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Option<Vec<Strin
 fn circles(src: &Path) -> Vec<Vec<String>> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
-    let texts: BTreeMap<Vec<String>, String> = files
-        .iter()
-        .filter_map(|file| Some((module_of(src, file)?, std::fs::read_to_string(file).unwrap())))
-        .collect();
+    let texts: BTreeMap<Vec<String>, String> =
+        files.iter().filter_map(|file| Some((module_of(src, file)?, std::fs::read_to_string(file).unwrap()))).collect();
     let modules: BTreeSet<Vec<String>> = texts.keys().cloned().collect();
     let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (module, text) in &texts {

@@ -335,7 +335,12 @@ impl Machine<'_> {
         body: &str,
     ) -> Outcome {
         let placed = self.place(txn, conversation, sender, device, client_seq, ts, body)?;
-        Ok(placed.map(|Placed { conversation, seq, ts, duplicate }| Response::Appended { conversation, seq, ts, duplicate }))
+        Ok(placed.map(|Placed { conversation, seq, ts, duplicate }| Response::Appended {
+            conversation,
+            seq,
+            ts,
+            duplicate,
+        }))
     }
 
     /// Appends one message, or answers a resend with its original place.
@@ -447,7 +452,8 @@ impl Machine<'_> {
         delivered: Option<u64>,
         read: Option<u64>,
     ) -> Outcome {
-        let step = CursorMove { conversation: *conversation, user: user.clone(), device: device.clone(), delivered, read };
+        let step =
+            CursorMove { conversation: *conversation, user: user.clone(), device: device.clone(), delivered, read };
         let moved = self.move_one_cursor(txn, &step)?;
         if moved.is_ok() {
             self.receipt(txn, conversation, user)?;
@@ -456,7 +462,11 @@ impl Machine<'_> {
     }
 
     /// Moves one device's cursors forward (clamped to the newest seq); its new cursors.
-    fn move_one_cursor(&mut self, txn: &mut RwTxn<'_>, step: &CursorMove) -> heed::Result<Result<Cursor, CommandError>> {
+    fn move_one_cursor(
+        &mut self,
+        txn: &mut RwTxn<'_>,
+        step: &CursorMove,
+    ) -> heed::Result<Result<Cursor, CommandError>> {
         let CursorMove { conversation, user, device, delivered, read } = step;
         let (delivered, read) = (*delivered, *read);
         let row = match self.member_row(txn, conversation, user)? {

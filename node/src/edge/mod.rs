@@ -34,8 +34,8 @@ use rand::rngs::StdRng;
 use rand::RngCore;
 
 use crate::edge::auth::{AuthError, TokenKey};
-use crate::shards::Cluster;
 use crate::env::Clock;
+use crate::shards::Cluster;
 use rate::{Action, Limiters};
 
 pub use session::close;

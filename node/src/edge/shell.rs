@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 
 use super::session::{Effect, Request, RequestId, Session, SessionConfig, Time};
 use super::{ClientEdge, Inbound, Wire};
-use crate::shards::ClusterError;
 use crate::delivery::Push;
 use crate::edge::sends::Batch;
+use crate::shards::ClusterError;
 
 /// The answer to a request that took a round trip through the cluster.
 enum Answer {

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use natter_raft::command::Command;
 use natter_raft::placement::ShardId;
 
-use crate::shards::Cluster;
 use crate::edge::web::Web;
+use crate::shards::Cluster;
 
 /// The operator routes, and the browser routes of [`crate::web`] when the node serves clients.
 pub fn router(cluster: Arc<Cluster>, web: Option<Arc<Web>>) -> Router {
@@ -44,7 +44,7 @@ async fn readyz(State(cluster): State<Arc<Cluster>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(cluster): State<Arc<Cluster>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], cluster.render_metrics())
+    ([(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)], cluster.render_metrics())
 }
 
 async fn admin_cluster(State(cluster): State<Arc<Cluster>>) -> impl IntoResponse {

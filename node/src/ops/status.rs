@@ -103,74 +103,9 @@ impl Cluster {
         }
     }
 
-    /// Prometheus text for `/metrics`.
+    /// `/metrics`: every metric, encoded (see [`crate::ops::metrics`]).
     pub fn render_metrics(&self) -> String {
-        use crate::ops::metrics::counter;
-        use std::fmt::Write;
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut out = String::new();
-        let status = self.status();
-        let _ = writeln!(out, "# HELP natter_shard_commit_index Highest committed log index known to this node.");
-        let _ = writeln!(out, "# TYPE natter_shard_commit_index gauge");
-        for shard in &status.local_shards {
-            let _ = writeln!(out, "natter_shard_commit_index{{shard=\"{}\"}} {}", shard.shard, shard.commit_index);
-        }
-        let _ = writeln!(out, "# HELP natter_shard_applied_index Highest log index applied on this node.");
-        let _ = writeln!(out, "# TYPE natter_shard_applied_index gauge");
-        for shard in &status.local_shards {
-            let _ = writeln!(out, "natter_shard_applied_index{{shard=\"{}\"}} {}", shard.shard, shard.applied_index);
-        }
-        let _ = writeln!(out, "# HELP natter_shard_term Current Raft term of the shard on this node.");
-        let _ = writeln!(out, "# TYPE natter_shard_term gauge");
-        for shard in &status.local_shards {
-            let _ = writeln!(out, "natter_shard_term{{shard=\"{}\"}} {}", shard.shard, shard.term);
-        }
-        let _ =
-            writeln!(out, "# HELP natter_shard_leader Node id of the shard's leader as this node knows it (0: none).");
-        let _ = writeln!(out, "# TYPE natter_shard_leader gauge");
-        for shard in &status.local_shards {
-            let _ = writeln!(out, "natter_shard_leader{{shard=\"{}\"}} {}", shard.shard, shard.leader.unwrap_or(0));
-        }
-        let _ = writeln!(out, "# HELP natter_shard_is_leader 1 if this node leads the shard.");
-        let _ = writeln!(out, "# TYPE natter_shard_is_leader gauge");
-        for shard in &status.local_shards {
-            let leads = u8::from(shard.leader == Some(status.node_id));
-            let _ = writeln!(out, "natter_shard_is_leader{{shard=\"{}\"}} {leads}", shard.shard);
-        }
-        let _ = writeln!(out, "# HELP natter_peer_connected 1 if this node holds a connection to the peer.");
-        let _ = writeln!(out, "# TYPE natter_peer_connected gauge");
-        for node in status.nodes.iter().filter(|node| node.id != status.node_id) {
-            let _ = writeln!(
-                out,
-                "natter_peer_connected{{peer=\"{}\"}} {}",
-                node.id,
-                u8::from(node.connection == "connected")
-            );
-        }
-        counter(
-            &mut out,
-            "natter_proposals_committed_total",
-            "Proposals that committed.",
-            self.metrics.proposals_committed.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "natter_proposals_failed_total",
-            "Proposals that gave up as unavailable.",
-            self.metrics.proposals_failed.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "natter_proposals_forwarded_total",
-            "Proposal attempts sent to another node.",
-            self.metrics.proposals_forwarded.load(Relaxed),
-        );
-        self.metrics.proposal_latency.render(
-            &mut out,
-            "natter_proposal_seconds",
-            "Time from propose to committed response.",
-        );
-        out
+        self.metrics.encode(&self.status())
     }
 }
 

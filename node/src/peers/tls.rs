@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
 
 /// Certificate files for inter-node mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +27,6 @@ pub struct TlsFiles {
     /// This node's private key (PEM).
     pub key: PathBuf,
 }
-
 
 /// ALPN of inter-node connections.
 pub const PEER_ALPN: &[u8] = b"natter-peer/1";

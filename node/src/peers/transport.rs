@@ -17,8 +17,8 @@ use crate::env::{Clock, NodeEnv};
 use crate::peers::rpc::{
     read_frame, read_raw, write_frame, write_raw, PeerRequest, PeerResponse, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
-use crate::spawn;
 use crate::peers::tls::{node_name, PeerTls, TlsError, CLIENT_ALPN, PEER_STREAMS_MAX};
+use crate::spawn;
 
 /// Deadline for establishing a connection to a peer.
 /// (A peer still starting loses the first Initial packets; QUIC retransmits after about a

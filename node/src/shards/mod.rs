@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use natter_raft::placement::{replicas, ShardId};
-use natter_raft::store::{Store, StoreConfig};
 use natter_raft::store::Raft;
+use natter_raft::store::{Store, StoreConfig};
 use natter_raft::types::{NodeId, NodeInfo};
 use openraft::async_runtime::watch::WatchReceiver;
 

@@ -23,11 +23,11 @@ impl Cluster {
         let result = self.propose_inner(shard, command, started).await;
         match &result {
             Ok(_) => {
-                self.metrics.proposals_committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.metrics.proposal_latency.observe(self.clock.now() - started);
+                self.metrics.proposals_committed.inc();
+                self.metrics.observe_proposal(self.clock.now() - started);
             }
             Err(_) => {
-                self.metrics.proposals_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.proposals_failed.inc();
             }
         }
         result
@@ -55,7 +55,7 @@ impl Cluster {
             let outcome = if target == self.config.node_id {
                 self.propose_local(shard, command.clone(), remaining).await
             } else {
-                self.metrics.proposals_forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.proposals_forwarded.inc();
                 let request = PeerRequest::Propose { shard, command: command.clone() };
                 match self.transport.call(target, &request, None, remaining).await {
                     Ok(response) => response,

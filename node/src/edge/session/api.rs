@@ -154,4 +154,3 @@ pub struct Close {
     /// Said to the client.
     pub reason: &'static str,
 }
-

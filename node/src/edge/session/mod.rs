@@ -35,10 +35,10 @@ use natter_raft::placement::ShardId;
 use natter_raft::query::QueryResult;
 use tokio::time::Instant;
 
-use crate::shards::ClusterError;
 use crate::delivery::{Listing, Push, Topic};
-use crate::presence::Coalescer;
 use crate::edge::sends::{Batch, SendPipeline};
+use crate::presence::Coalescer;
+use crate::shards::ClusterError;
 
 pub use api::{Admission, AdmitError, Close, Effect, RateGate, Request, RequestId, SessionConfig, Time};
 

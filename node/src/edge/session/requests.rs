@@ -12,10 +12,10 @@ use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
 
 use super::{close, Admission, AdmitError, Parked, Request, Session, Step, Task, Time};
-use crate::shards::ClusterError;
 use crate::delivery::{Listing, WELCOME_CONVERSATIONS_MAX};
 use crate::edge::rate::{self, Action};
 use crate::edge::sends::{Answer, Batch, SendPipeline};
+use crate::shards::ClusterError;
 
 impl Session {
     /// A decoded frame from the client, its turn come.
