@@ -1,6 +1,7 @@
 //! The browser edge (DESIGN §5): the same sessions as QUIC ([`crate::edge`]), carried as JSON
 //! frames over WebSocket (`/v1/ws`), or over Server-Sent Events (`/v1/events`) and long-poll
-//! (`/v1/poll`) with client frames posted to `/v1/send`; and the web client at `/`.
+//! (`/v1/poll`) with client frames posted to `/v1/send`; and the web client at `/` (ES modules
+//! under `/web/`).
 //!
 //! Every request authenticates with a JWT in `Authorization: Bearer` or `?token=`; `hello`
 //! then needs no token. WebSocket sessions live as long as the socket. SSE and long-poll
@@ -22,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use natter_proto::frame_error::FrameError;
@@ -39,8 +40,25 @@ use natter_raft::types::Runtime;
 use crate::edge::{ClientEdge, Inbound, Wire};
 use crate::env::Clock;
 
-/// The web client, embedded so the binary serves it with no build step.
-const INDEX_HTML: &str = include_str!("../web/index.html");
+/// The web client: plain ES modules (no bundler, no build step) embedded in the binary, each at
+/// a stable path with its content type. `index.html` loads `app.js` as a module, which imports
+/// the others by relative path.
+const WEB_CLIENT_FILES: [(&str, &str, &str); 6] = [
+    ("/", HTML, include_str!("../web/index.html")),
+    ("/web/style.css", CSS, include_str!("../web/style.css")),
+    ("/web/app.js", JAVASCRIPT, include_str!("../web/app.js")),
+    ("/web/state.js", JAVASCRIPT, include_str!("../web/state.js")),
+    ("/web/transport.js", JAVASCRIPT, include_str!("../web/transport.js")),
+    ("/web/render.js", JAVASCRIPT, include_str!("../web/render.js")),
+];
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+/// The web client's Content-Security-Policy: its own scripts, styles and connections only
+/// (`'self'` covers the same origin's `ws:`/`wss:`), no inline code, the favicon a `data:` URL,
+/// and no framing.
+pub const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB) would be most of an idle
 /// connection's cost, and 4 KiB still made an idle WebSocket cost 10.9 KiB of node memory
@@ -112,10 +130,14 @@ impl Web {
     }
 }
 
-/// The browser routes: `/`, `/v1/ws`, `/v1/sessions`, `/v1/send`, `/v1/events`, `/v1/poll`.
+/// The browser routes: the web client (`/` and its files under `/web/`), `/v1/ws`, `/v1/sessions`,
+/// `/v1/send`, `/v1/events`, `/v1/poll`.
 pub fn router(web: Arc<Web>) -> Router {
-    Router::new()
-        .route("/", get(index))
+    let mut router = Router::new();
+    for (path, content_type, body) in WEB_CLIENT_FILES {
+        router = router.route(path, get(move || async move { web_client_file(content_type, body) }));
+    }
+    router
         .route("/v1/ws", get(websocket))
         .route("/v1/sessions", post(open_session))
         .route("/v1/send", post(send))
@@ -124,8 +146,16 @@ pub fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
+/// One of the web client's files. Browsers fetch it again on every load (`no-cache`, and no
+/// validator to answer 304 with), so a page never mixes modules of two node versions.
+fn web_client_file(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, WEB_CLIENT_CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, body).into_response()
 }
 
 /// The query every browser route accepts.
