@@ -25,13 +25,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use natter_proto::frame_error::FrameError;
 use natter_proto::frames::{ClientFrame, ServerFrame};
 use natter_proto::json::{decode_client, encode_server};
 use natter_proto::limits::{FRAME_BYTES_MAX, SESSIONS_PER_USER_MAX};
 use natter_proto::{ErrorCode, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+// `RawValue` needs serde_json's `raw_value` feature, which axum turns on.
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
@@ -167,6 +169,29 @@ struct Params {
     wait_ms: Option<u64>,
 }
 
+/// The answer to `POST /v1/sessions`: `{"session": ID}`.
+#[derive(Debug, Serialize)]
+struct SessionOpened {
+    /// The new session's id, 32 hex characters.
+    session: String,
+}
+
+/// The answer to `POST /v1/send`: `{"accepted": true}`; the frame's own answer comes with the
+/// server frames.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: bool,
+}
+
+/// The answer to `GET /v1/poll`: `{"next": M, "frames": [...]}`.
+#[derive(Debug, Serialize)]
+struct PollAnswer {
+    /// The last frame's number, or the request's `after` when there is no frame.
+    next: u64,
+    /// The frames, each the JSON it was encoded as when it entered the outbox.
+    frames: Vec<Box<RawValue>>,
+}
+
 /// An `error` frame as an HTTP response: the protocol's typed error, as JSON.
 fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let frame = ServerFrame::Error {
@@ -263,7 +288,7 @@ impl Wire for WsWire {
 #[derive(Debug, Default)]
 struct Outbox {
     /// (id, frame JSON, sent to the client at least once), ids ascending.
-    frames: VecDeque<(u64, String, bool)>,
+    frames: VecDeque<(u64, Box<RawValue>, bool)>,
     /// The id the next frame gets (ids start at 1).
     next_id: u64,
     /// Frames up to here were dropped after being sent; resuming from before them fails.
@@ -285,7 +310,7 @@ impl Outbox {
     }
 
     /// Frames after `after`, at most `max`, now marked sent.
-    fn take_after(&mut self, after: u64, max: usize) -> Vec<(u64, String)> {
+    fn take_after(&mut self, after: u64, max: usize) -> Vec<(u64, Box<RawValue>)> {
         self.frames
             .iter_mut()
             .filter(|(id, _, _)| *id > after)
@@ -396,7 +421,7 @@ impl Wire for HttpWire {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), ()> {
-        let json = encode_server(frame);
+        let json = RawValue::from_string(encode_server(frame)).expect("encode_server writes json");
         loop {
             let changed = self.session.changed.notified();
             tokio::pin!(changed);
@@ -474,8 +499,7 @@ async fn open_session(State(web): State<Arc<Web>>, headers: HeaderMap, Query(par
             session.end();
         }
     }));
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "session": id }).to_string())
-        .into_response()
+    (StatusCode::OK, Json(SessionOpened { session: id })).into_response()
 }
 
 async fn send(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>, body: Bytes) -> Response {
@@ -492,9 +516,7 @@ async fn send(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Qu
         Err(_) => Err(FrameError::bad_frame("the body is not utf-8 json")),
     };
     match session.inbox.try_send(frame) {
-        Ok(()) => {
-            (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], r#"{"accepted":true}"#).into_response()
-        }
+        Ok(()) => (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response(),
         Err(mpsc::error::TrySendError::Full(_)) => {
             let mut response = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -534,13 +556,13 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): 
     }
     let reader = session.attach();
     let stream = futures::stream::unfold(
-        (reader, after, Vec::<(u64, String)>::new()),
+        (reader, after, Vec::<(u64, Box<RawValue>)>::new()),
         |(reader, mut after, mut ready)| async move {
             loop {
                 if !ready.is_empty() {
                     let (id, json) = ready.remove(0);
                     after = id;
-                    let event = Event::default().id(id.to_string()).data(json);
+                    let event = Event::default().id(id.to_string()).data(json.get());
                     return Some((Ok::<_, Infallible>(event), (reader, after, ready)));
                 }
                 reader.0.wait_after(after).await;
@@ -578,13 +600,28 @@ async fn poll(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Qu
         return session_gone();
     }
     let next = frames.last().map_or(after, |(id, _)| *id);
-    let mut body = format!("{{\"next\":{next},\"frames\":[");
-    for (index, (_, json)) in frames.iter().enumerate() {
-        if index > 0 {
-            body.push(',');
-        }
-        body.push_str(json);
+    let frames = frames.into_iter().map(|(_, json)| json).collect();
+    (StatusCode::OK, Json(PollAnswer { next, frames })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
     }
-    body.push_str("]}");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+
+    #[test]
+    fn answers_keep_their_wire_shape() {
+        let frames = vec![raw(r#"{"type":"pong","nonce":7}"#), raw(r#"{"type":"pong","nonce":8}"#)];
+        let answer = serde_json::to_string(&PollAnswer { next: 9, frames }).unwrap();
+        // Frames go out as they were encoded, fields in declaration order.
+        assert_eq!(answer, r#"{"next":9,"frames":[{"type":"pong","nonce":7},{"type":"pong","nonce":8}]}"#);
+        let empty = serde_json::to_string(&PollAnswer { next: 4, frames: Vec::new() }).unwrap();
+        assert_eq!(empty, r#"{"next":4,"frames":[]}"#);
+        let opened = serde_json::to_string(&SessionOpened { session: "3f9c".into() }).unwrap();
+        assert_eq!(opened, r#"{"session":"3f9c"}"#);
+        assert_eq!(serde_json::to_string(&Accepted { accepted: true }).unwrap(), r#"{"accepted":true}"#);
+    }
 }
