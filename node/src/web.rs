@@ -205,18 +205,39 @@ fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String
     (status, [(header::CONTENT_TYPE, "application/json")], encode_server(&frame)).into_response()
 }
 
+/// Why a browser request's token was refused. Every variant is answered with HTTP 401 and an
+/// `error` whose code is `unauthenticated`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RequestAuthError {
+    /// Neither `Authorization: Bearer` nor `?token=` carried a token.
+    #[error("no token presented")]
+    Missing,
+    /// The edge refused the token (malformed, forged, expired, or naming no valid user); the
+    /// reason is the edge's [`AuthError`](crate::auth::AuthError) message.
+    #[error("{reason}")]
+    Refused {
+        /// Why, as the edge says it.
+        reason: String,
+    },
+}
+
+impl IntoResponse for RequestAuthError {
+    fn into_response(self) -> Response {
+        error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, self.to_string())
+    }
+}
+
 /// The request's user: its token from `Authorization: Bearer` or `?token=`, verified.
-fn authenticate(web: &Web, headers: &HeaderMap, params: &Params) -> Result<UserId, String> {
+fn authenticate(web: &Web, headers: &HeaderMap, params: &Params) -> Result<UserId, RequestAuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let token = bearer.or(params.token.as_deref()).unwrap_or("");
-    web.edge.authenticate(token)
-}
-
-fn unauthenticated(reason: String) -> Response {
-    error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, reason)
+    if token.is_empty() {
+        return Err(RequestAuthError::Missing);
+    }
+    web.edge.authenticate(token).map_err(|reason| RequestAuthError::Refused { reason })
 }
 
 fn session_gone() -> Response {
@@ -231,7 +252,7 @@ async fn websocket(
 ) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let stopping = web.stopping.subscribe();
     upgrade
@@ -468,7 +489,7 @@ impl Wire for HttpWire {
 async fn open_session(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let id: String = web.edge.random_bytes::<16>().iter().map(|byte| format!("{byte:02x}")).collect();
     let (inbox, inbox_receiver) = mpsc::channel(INBOX_FRAMES_MAX);
@@ -505,7 +526,7 @@ async fn open_session(State(web): State<Arc<Web>>, headers: HeaderMap, Query(par
 async fn send(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>, body: Bytes) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -541,7 +562,7 @@ fn resume_refused() -> Response {
 async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -580,7 +601,7 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): 
 async fn poll(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -623,5 +644,13 @@ mod tests {
         let opened = serde_json::to_string(&SessionOpened { session: "3f9c".into() }).unwrap();
         assert_eq!(opened, r#"{"session":"3f9c"}"#);
         assert_eq!(serde_json::to_string(&Accepted { accepted: true }).unwrap(), r#"{"accepted":true}"#);
+    }
+
+    #[test]
+    fn a_refused_token_is_a_401_unauthenticated_error() {
+        assert_eq!(RequestAuthError::Missing.to_string(), "no token presented");
+        let refused = RequestAuthError::Refused { reason: "token expired at 5, now is 9".into() };
+        assert_eq!(refused.to_string(), "token expired at 5, now is 9");
+        assert_eq!(refused.into_response().status(), StatusCode::UNAUTHORIZED);
     }
 }
