@@ -313,7 +313,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, progress: &mut dyn Write) -> Result<()
                 (None, None) => return Err(Error::Usage("give --secret, NATTER_JWT_SECRET or --data-dir DIR".into())),
             };
             let user = natter_proto::UserId::new(args.user).map_err(|error| Error::Usage(error.to_string()))?;
-            let ttl = natter_node::auth::parse_ttl(&args.ttl).map_err(Error::Usage)?;
+            let ttl = natter_node::auth::parse_ttl(&args.ttl).map_err(|error| Error::Usage(error.to_string()))?;
             let key =
                 natter_node::auth::TokenKey::new(secret.as_bytes()).map_err(|error| Error::Usage(error.to_string()))?;
             let now = std::time::SystemTime::now()

@@ -1,8 +1,9 @@
 //! The web client in a real browser: headless Chromium, driven by playwright-core
 //! (`tests/browser/chat.mjs`), against one in-process node. Two users in two browser contexts
 //! create a 1:1, exchange messages and see the unread badge, typing and delivered and read
-//! ticks, once with each transport forced (`ws`, `sse`, `poll`). A screenshot of the chat is
-//! saved to `target/browser-artifacts/chat-<transport>.png`.
+//! ticks, once with each transport forced (`ws`, `sse`, `poll`); no page may throw or break
+//! its Content-Security-Policy. A screenshot of the chat is saved to
+//! `target/browser-artifacts/chat-<transport>.png`.
 //!
 //! Needs Node.js, Debian's `chromium` (or `CHROMIUM=/path`) and the script's package:
 //! `npm ci --prefix node/tests/browser`.

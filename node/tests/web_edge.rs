@@ -503,14 +503,54 @@ fn an_http_session_resumes_by_cursor_when_its_events_are_gone() {
     });
 }
 
+/// The value of header `name` in a response head, if present.
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 #[test]
 fn the_web_client_is_served_at_the_root() {
     run(async {
         let cluster = start_cluster(1).await;
-        let (status, head, body) = http(cluster.http[0], "GET", "/", &[], "").await;
+        let node = cluster.http[0];
+        let (status, head, page) = http(node, "GET", "/", &[], "").await;
         assert_eq!(status, 200);
-        assert!(head.to_ascii_lowercase().contains("content-type: text/html"), "{head}");
-        assert!(body.contains("<html") && body.contains("/v1/ws"), "the page talks to the websocket edge");
+        assert_eq!(header_value(&head, "content-type"), Some("text/html; charset=utf-8"), "{head}");
+        assert!(page.contains(r#"<script type="module" src="/web/app.js">"#), "the page loads app.js as a module");
+        // Everything the page and its modules name is served, with its type and the same policy.
+        let modules = ["/web/app.js", "/web/state.js", "/web/transport.js", "/web/render.js"];
+        let mut texts = std::collections::BTreeMap::new();
+        for (path, content_type) in modules
+            .iter()
+            .map(|path| (*path, "text/javascript; charset=utf-8"))
+            .chain([("/web/style.css", "text/css; charset=utf-8")])
+        {
+            assert!(page.contains(&format!(r#""{path}""#)), "index.html names {path}");
+            let (status, head, body) = http(node, "GET", path, &[], "").await;
+            assert_eq!(status, 200, "{path}: {head}");
+            assert_eq!(header_value(&head, "content-type"), Some(content_type), "{path}: {head}");
+            assert_eq!(header_value(&head, "x-content-type-options"), Some("nosniff"), "{path}: {head}");
+            texts.insert(path, body);
+        }
+        for (path, body) in &texts {
+            for import in body.lines().filter_map(|line| line.split_once(" from './")).map(|(_, rest)| rest) {
+                let name = import.split_once('\'').map(|(name, _)| name).unwrap_or(import);
+                assert!(texts.contains_key(format!("/web/{name}").as_str()), "{path} imports ./{name}, not served");
+            }
+        }
+        assert!(texts["/web/transport.js"].contains("/v1/ws"), "the client talks to the websocket edge");
+        // No inline script or style: the policy allows only the node's own files.
+        let policy = header_value(&head, "content-security-policy").expect("a content-security-policy");
+        assert_eq!(policy, natter_node::edge::web::WEB_CLIENT_CSP);
+        for directive in ["script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+            assert!(policy.contains(directive), "{policy}");
+        }
+        assert!(!page.contains("<script>") && !page.contains("<style>") && !page.contains(" style="), "{page}");
+        let (status, _, _) = http(node, "GET", "/web/missing.js", &[], "").await;
+        assert_eq!(status, 404);
         cluster.shutdown().await;
     });
 }

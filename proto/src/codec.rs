@@ -2,6 +2,11 @@
 //! by the postcard encoding of one [`ClientFrame`](crate::ClientFrame) or
 //! [`ServerFrame`](crate::ServerFrame); a payload is at most [`FRAME_BYTES_MAX`] bytes.
 //!
+//! The length prefix is natter's one framing: [`encode_length_prefix`],
+//! [`decode_length_prefix`] and [`encode_frame_within`] take the largest payload as a
+//! parameter, so the node's peer RPCs (`natter_node::rpc`, 16 MiB) frame their streams with
+//! the same code as client sessions (1 MiB).
+//!
 //! [`FrameDecoder`] reads such a stream in chunks of any size. A bad payload costs the peer
 //! one `bad_frame` error and the stream goes on with the next frame; an oversized length costs
 //! one `too_large` error, the announced bytes are skipped as they arrive, and the stream goes
@@ -25,24 +30,60 @@ pub const DECODER_BUFFER_BYTES_MAX: usize = LENGTH_PREFIX_BYTES + FRAME_BYTES_MA
 /// session that once received a large frame does not hold on to its memory.
 const DECODER_RETAINED_BYTES_MAX: usize = 4 * 1024;
 
+/// Largest payload a length prefix can announce, in bytes: a framing's maximum must not exceed it.
+pub const LENGTH_PREFIX_PAYLOAD_BYTES_MAX: usize = u32::MAX as usize;
+
+/// The length prefix of a payload of `length` bytes: `length` as a `u32`, big-endian.
+///
+/// Fails with [`FrameError::FrameTooLarge`] when `length` is over `max` (the framing's largest
+/// payload, at most [`LENGTH_PREFIX_PAYLOAD_BYTES_MAX`]).
+pub fn encode_length_prefix(length: usize, max: usize) -> Result<[u8; LENGTH_PREFIX_BYTES], FrameError> {
+    assert!(max <= LENGTH_PREFIX_PAYLOAD_BYTES_MAX, "a framing's maximum of {max} bytes does not fit a u32 prefix");
+    if length > max {
+        return Err(FrameError::FrameTooLarge { length: length as u64, max });
+    }
+    let prefix = u32::try_from(length).expect("length is within max, which fits in a u32");
+    Ok(prefix.to_be_bytes())
+}
+
+/// The payload length a prefix announces. Fails with [`FrameError::FrameTooLarge`], carrying
+/// the announced length, when it is over `max` (the framing's largest payload).
+pub fn decode_length_prefix(prefix: [u8; LENGTH_PREFIX_BYTES], max: usize) -> Result<usize, FrameError> {
+    let length = u32::from_be_bytes(prefix);
+    match usize::try_from(length) {
+        Ok(length) if length <= max => Ok(length),
+        _ => Err(FrameError::FrameTooLarge { length: u64::from(length), max }),
+    }
+}
+
 /// Appends `frame` to `out` as a length prefix and postcard payload.
 ///
 /// Fails with [`FrameError::FrameTooLarge`] when the payload would be over
 /// [`FRAME_BYTES_MAX`]; `out` is then left as it was.
 pub fn encode_frame<T: Serialize + ?Sized>(frame: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    encode_frame_within(frame, FRAME_BYTES_MAX, out)
+}
+
+/// Appends `frame` to `out` as a length prefix and postcard payload of at most `max` bytes
+/// (the framing's largest payload, at most [`LENGTH_PREFIX_PAYLOAD_BYTES_MAX`]).
+///
+/// Fails with [`FrameError::FrameTooLarge`] when the payload would be over `max`, and with
+/// [`FrameError::Encode`] when postcard cannot encode it; `out` is then left as it was.
+pub fn encode_frame_within<T: Serialize + ?Sized>(frame: &T, max: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
     if let Err(error) = postcard::to_io(frame, &mut *out) {
         out.truncate(start);
         return Err(FrameError::Encode { reason: postcard_reason(&error) });
     }
-    let length = out.len() - start - LENGTH_PREFIX_BYTES;
-    if length > FRAME_BYTES_MAX {
-        out.truncate(start);
-        return Err(FrameError::FrameTooLarge { length: length as u64, max: FRAME_BYTES_MAX });
-    }
-    let prefix = u32::try_from(length).expect("FRAME_BYTES_MAX fits in a u32");
-    out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_be_bytes());
+    let prefix = match encode_length_prefix(out.len() - start - LENGTH_PREFIX_BYTES, max) {
+        Ok(prefix) => prefix,
+        Err(error) => {
+            out.truncate(start);
+            return Err(error);
+        }
+    };
+    out[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&prefix);
     Ok(())
 }
 
@@ -186,15 +227,18 @@ impl FrameDecoder {
             self.release_if_empty();
             return Ok(None);
         };
-        let length = u32::from_be_bytes(*prefix);
-        if length as usize > FRAME_BYTES_MAX {
-            self.start += LENGTH_PREFIX_BYTES;
-            self.discard_bytes = u64::from(length);
-            self.skip_buffered();
-            self.release_if_empty();
-            return Err(FrameError::FrameTooLarge { length: u64::from(length), max: FRAME_BYTES_MAX });
-        }
-        let end = LENGTH_PREFIX_BYTES + length as usize;
+        let length = match decode_length_prefix(*prefix, FRAME_BYTES_MAX) {
+            Ok(length) => length,
+            Err(error) => {
+                // The announced bytes are skipped as they arrive, whatever their number.
+                self.start += LENGTH_PREFIX_BYTES;
+                self.discard_bytes = u64::from(u32::from_be_bytes(*prefix));
+                self.skip_buffered();
+                self.release_if_empty();
+                return Err(error);
+            }
+        };
+        let end = LENGTH_PREFIX_BYTES + length;
         let Some(payload) = available.get(LENGTH_PREFIX_BYTES..end) else {
             return Ok(None);
         };
@@ -253,6 +297,72 @@ mod tests {
     fn prefix_is_big_endian_payload_length() {
         let bytes = encoded(&ping(7));
         assert_eq!(bytes, [0, 0, 0, 2, 8, 7]);
+    }
+
+    #[test]
+    fn length_prefix_round_trips_up_to_its_max_and_refuses_beyond() {
+        for (length, max) in [(0, 0), (5, 5), (FRAME_BYTES_MAX, FRAME_BYTES_MAX), (16 << 20, 16 << 20)] {
+            let prefix = encode_length_prefix(length, max).unwrap();
+            assert_eq!(prefix, u32::try_from(length).unwrap().to_be_bytes());
+            assert_eq!(decode_length_prefix(prefix, max), Ok(length));
+        }
+        assert_eq!(encode_length_prefix(6, 5), Err(FrameError::FrameTooLarge { length: 6, max: 5 }));
+        assert_eq!(decode_length_prefix([0, 0, 0, 6], 5), Err(FrameError::FrameTooLarge { length: 6, max: 5 }));
+        let largest = u64::from(u32::MAX);
+        assert_eq!(
+            decode_length_prefix([0xff; 4], FRAME_BYTES_MAX),
+            Err(FrameError::FrameTooLarge { length: largest, max: FRAME_BYTES_MAX })
+        );
+        assert_eq!(decode_length_prefix([0xff; 4], LENGTH_PREFIX_PAYLOAD_BYTES_MAX), Ok(u32::MAX as usize));
+    }
+
+    proptest::proptest! {
+        /// Writer and reader agree on every length and every maximum: what one refuses, the
+        /// other refuses with the same error, and what it takes round-trips.
+        #[test]
+        fn length_prefix_writer_and_reader_agree(length: u32, max in 0..=LENGTH_PREFIX_PAYLOAD_BYTES_MAX) {
+            let announced = length as usize;
+            match encode_length_prefix(announced, max) {
+                Ok(prefix) => {
+                    proptest::prop_assert!(announced <= max);
+                    proptest::prop_assert_eq!(decode_length_prefix(prefix, max), Ok(announced));
+                }
+                Err(error) => {
+                    proptest::prop_assert!(announced > max);
+                    proptest::prop_assert_eq!(decode_length_prefix(length.to_be_bytes(), max), Err(error));
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit a u32 prefix")]
+    fn a_maximum_over_what_a_prefix_holds_is_a_bug() {
+        let _ = encode_length_prefix(0, LENGTH_PREFIX_PAYLOAD_BYTES_MAX + 1);
+    }
+
+    #[test]
+    fn a_framing_with_its_own_max_frames_as_the_client_codec_does() {
+        let frame = send_with_payload(100_000);
+        let mut within = Vec::new();
+        encode_frame_within(&frame, 100_000, &mut within).unwrap();
+        assert_eq!(within, encoded(&frame), "the same bytes as encode_frame");
+        let mut out = vec![7];
+        let error = encode_frame_within(&frame, 99_999, &mut out).unwrap_err();
+        assert_eq!(error, FrameError::FrameTooLarge { length: 100_000, max: 99_999 });
+        assert_eq!(out, [7], "a refused frame leaves out as it was");
+        // A framing may allow more than a client frame.
+        let large = send_with_payload(FRAME_BYTES_MAX + 1);
+        let mut bytes = Vec::new();
+        encode_frame_within(&large, 16 << 20, &mut bytes).unwrap();
+        let prefix = *bytes.first_chunk::<LENGTH_PREFIX_BYTES>().unwrap();
+        assert_eq!(decode_length_prefix(prefix, 16 << 20), Ok(FRAME_BYTES_MAX + 1));
+        assert_eq!(decode_payload_unbounded(&bytes[LENGTH_PREFIX_BYTES..]), large);
+    }
+
+    /// The payload's frame, whatever its size (decode_payload stops at [`FRAME_BYTES_MAX`]).
+    fn decode_payload_unbounded(payload: &[u8]) -> ClientFrame {
+        postcard::from_bytes(payload).unwrap()
     }
 
     #[test]

@@ -127,22 +127,41 @@ pub fn load_or_create_secret(path: &std::path::Path, rng: &mut impl rand::RngCor
     Ok(secret)
 }
 
+/// A token lifetime that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    /// No number where the duration should start.
+    #[error("expected a duration like 24h, got {0:?}")]
+    NotADuration(String),
+    /// A unit other than s, m, h or d.
+    #[error("unknown duration unit {unit:?} in {text:?}, expected s, m, h or d")]
+    UnknownUnit {
+        /// The unit given.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// Zero, or more seconds than a `u64` holds.
+    #[error("duration {0:?} out of range")]
+    OutOfRange(String),
+}
+
 /// Parses a duration like `90s`, `15m`, `24h`, `7d` (or plain seconds) into seconds.
-pub fn parse_ttl(text: &str) -> Result<u64, String> {
+pub fn parse_ttl(text: &str) -> Result<u64, TtlError> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(split) => text.split_at(split),
         None => (text, "s"),
     };
-    let value: u64 = number.parse().map_err(|_| format!("expected a duration like 24h, got {text:?}"))?;
+    let value: u64 = number.parse().map_err(|_| TtlError::NotADuration(text.to_owned()))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}, expected s, m, h or d")),
+        other => return Err(TtlError::UnknownUnit { unit: other.to_owned(), text: text.to_owned() }),
     };
-    value.checked_mul(scale).filter(|&seconds| seconds > 0).ok_or_else(|| format!("duration {text:?} out of range"))
+    value.checked_mul(scale).filter(|&seconds| seconds > 0).ok_or_else(|| TtlError::OutOfRange(text.to_owned()))
 }
 
 #[cfg(test)]

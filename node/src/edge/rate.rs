@@ -64,9 +64,14 @@ impl Default for RateLimits {
     }
 }
 
+/// A rate limit of zero, which would refuse every action of its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate_limits.{0} must be at least 1, got 0")]
+pub struct ZeroRate(pub &'static str);
+
 impl RateLimits {
     /// Checks every rate is above zero.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ZeroRate> {
         let rates = [
             ("sends_per_second_per_connection", self.sends_per_second_per_connection),
             ("sends_per_second_per_user", self.sends_per_second_per_user),
@@ -76,7 +81,7 @@ impl RateLimits {
             ("typing_per_second_per_user", self.typing_per_second_per_user),
         ];
         match rates.iter().find(|(_, rate)| *rate == 0) {
-            Some((name, _)) => Err(format!("rate_limits.{name} must be at least 1, got 0")),
+            Some((name, _)) => Err(ZeroRate(name)),
             None => Ok(()),
         }
     }
@@ -244,6 +249,9 @@ mod tests {
     fn zero_rates_are_refused() {
         assert!(RateLimits::default().validate().is_ok());
         let zero = RateLimits { typing_per_second_per_user: 0, ..RateLimits::default() };
-        assert_eq!(zero.validate(), Err("rate_limits.typing_per_second_per_user must be at least 1, got 0".into()));
+        assert_eq!(
+            zero.validate().map_err(|error| error.to_string()),
+            Err("rate_limits.typing_per_second_per_user must be at least 1, got 0".into())
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The browser edge (DESIGN §5): the same sessions as QUIC ([`crate::edge`]), carried as JSON
 //! frames over WebSocket (`/v1/ws`), or over Server-Sent Events (`/v1/events`) and long-poll
-//! (`/v1/poll`) with client frames posted to `/v1/send`; and the web client at `/`.
+//! (`/v1/poll`) with client frames posted to `/v1/send`; and the web client at `/` (ES modules
+//! under `/web/`).
 //!
 //! Every request authenticates with a JWT in `Authorization: Bearer` or `?token=`; `hello`
 //! then needs no token. WebSocket sessions live as long as the socket. SSE and long-poll
@@ -22,15 +23,17 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use natter_proto::frame_error::FrameError;
 use natter_proto::frames::{ClientFrame, ServerFrame};
 use natter_proto::json::{decode_client, encode_server};
 use natter_proto::limits::{FRAME_BYTES_MAX, SESSIONS_PER_USER_MAX};
 use natter_proto::{ErrorCode, UserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+// `RawValue` needs serde_json's `raw_value` feature, which axum turns on.
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
@@ -39,8 +42,25 @@ use natter_raft::types::Runtime;
 use crate::edge::{ClientEdge, Inbound, Wire, WireClosed};
 use crate::env::Clock;
 
-/// The web client, embedded so the binary serves it with no build step.
-const INDEX_HTML: &str = include_str!("../../web/index.html");
+/// The web client: plain ES modules (no bundler, no build step) embedded in the binary, each at
+/// a stable path with its content type. `index.html` loads `app.js` as a module, which imports
+/// the others by relative path.
+const WEB_CLIENT_FILES: [(&str, &str, &str); 6] = [
+    ("/", HTML, include_str!("../../web/index.html")),
+    ("/web/style.css", CSS, include_str!("../../web/style.css")),
+    ("/web/app.js", JAVASCRIPT, include_str!("../../web/app.js")),
+    ("/web/state.js", JAVASCRIPT, include_str!("../../web/state.js")),
+    ("/web/transport.js", JAVASCRIPT, include_str!("../../web/transport.js")),
+    ("/web/render.js", JAVASCRIPT, include_str!("../../web/render.js")),
+];
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+/// The web client's Content-Security-Policy: its own scripts, styles and connections only
+/// (`'self'` covers the same origin's `ws:`/`wss:`), no inline code, the favicon a `data:` URL,
+/// and no framing.
+pub const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB) would be most of an idle
 /// connection's cost, and 4 KiB still made an idle WebSocket cost 10.9 KiB of node memory
@@ -112,10 +132,14 @@ impl Web {
     }
 }
 
-/// The browser routes: `/`, `/v1/ws`, `/v1/sessions`, `/v1/send`, `/v1/events`, `/v1/poll`.
+/// The browser routes: the web client (`/` and its files under `/web/`), `/v1/ws`, `/v1/sessions`,
+/// `/v1/send`, `/v1/events`, `/v1/poll`.
 pub fn router(web: Arc<Web>) -> Router {
-    Router::new()
-        .route("/", get(index))
+    let mut router = Router::new();
+    for (path, content_type, body) in WEB_CLIENT_FILES {
+        router = router.route(path, get(move || async move { web_client_file(content_type, body) }));
+    }
+    router
         .route("/v1/ws", get(websocket))
         .route("/v1/sessions", post(open_session))
         .route("/v1/send", post(send))
@@ -124,8 +148,16 @@ pub fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
+/// One of the web client's files. Browsers fetch it again on every load (`no-cache`, and no
+/// validator to answer 304 with), so a page never mixes modules of two node versions.
+fn web_client_file(content_type: &'static str, body: &'static str) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, WEB_CLIENT_CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, body).into_response()
 }
 
 /// The query every browser route accepts.
@@ -135,6 +167,29 @@ struct Params {
     session: Option<String>,
     after: Option<u64>,
     wait_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/sessions`: `{"session": ID}`.
+#[derive(Debug, Serialize)]
+struct SessionOpened {
+    /// The new session's id, 32 hex characters.
+    session: String,
+}
+
+/// The answer to `POST /v1/send`: `{"accepted": true}`; the frame's own answer comes with the
+/// server frames.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: bool,
+}
+
+/// The answer to `GET /v1/poll`: `{"next": M, "frames": [...]}`.
+#[derive(Debug, Serialize)]
+struct PollAnswer {
+    /// The last frame's number, or the request's `after` when there is no frame.
+    next: u64,
+    /// The frames, each the JSON it was encoded as when it entered the outbox.
+    frames: Vec<Box<RawValue>>,
 }
 
 /// An `error` frame as an HTTP response: the protocol's typed error, as JSON.
@@ -150,18 +205,35 @@ fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String
     (status, [(header::CONTENT_TYPE, "application/json")], encode_server(&frame)).into_response()
 }
 
+/// Why a browser request's token was refused. Every variant is answered with HTTP 401 and an
+/// `error` whose code is `unauthenticated`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RequestAuthError {
+    /// Neither `Authorization: Bearer` nor `?token=` carried a token.
+    #[error("no token presented")]
+    Missing,
+    /// The edge refused the token (malformed, forged, expired, or naming no valid user).
+    #[error(transparent)]
+    Refused(#[from] crate::edge::auth::AuthError),
+}
+
+impl IntoResponse for RequestAuthError {
+    fn into_response(self) -> Response {
+        error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, self.to_string())
+    }
+}
+
 /// The request's user: its token from `Authorization: Bearer` or `?token=`, verified.
-fn authenticate(web: &Web, headers: &HeaderMap, params: &Params) -> Result<UserId, String> {
+fn authenticate(web: &Web, headers: &HeaderMap, params: &Params) -> Result<UserId, RequestAuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let token = bearer.or(params.token.as_deref()).unwrap_or("");
-    web.edge.authenticate(token).map_err(|error| error.to_string())
-}
-
-fn unauthenticated(reason: String) -> Response {
-    error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, reason)
+    if token.is_empty() {
+        return Err(RequestAuthError::Missing);
+    }
+    Ok(web.edge.authenticate(token)?)
 }
 
 fn session_gone() -> Response {
@@ -176,7 +248,7 @@ async fn websocket(
 ) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let stopping = web.stopping.subscribe();
     upgrade
@@ -233,7 +305,7 @@ impl Wire for WsWire {
 #[derive(Debug, Default)]
 struct Outbox {
     /// (id, frame JSON, sent to the client at least once), ids ascending.
-    frames: VecDeque<(u64, String, bool)>,
+    frames: VecDeque<(u64, Box<RawValue>, bool)>,
     /// The id the next frame gets (ids start at 1).
     next_id: u64,
     /// Frames up to here were dropped after being sent; resuming from before them fails.
@@ -255,7 +327,7 @@ impl Outbox {
     }
 
     /// Frames after `after`, at most `max`, now marked sent.
-    fn take_after(&mut self, after: u64, max: usize) -> Vec<(u64, String)> {
+    fn take_after(&mut self, after: u64, max: usize) -> Vec<(u64, Box<RawValue>)> {
         self.frames
             .iter_mut()
             .filter(|(id, _, _)| *id > after)
@@ -366,7 +438,7 @@ impl Wire for HttpWire {
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), WireClosed> {
-        let json = encode_server(frame);
+        let json = RawValue::from_string(encode_server(frame)).expect("encode_server writes json");
         loop {
             let changed = self.session.changed.notified();
             tokio::pin!(changed);
@@ -413,7 +485,7 @@ impl Wire for HttpWire {
 async fn open_session(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let id: String = web.edge.random_bytes::<16>().iter().map(|byte| format!("{byte:02x}")).collect();
     let (inbox, inbox_receiver) = mpsc::channel(INBOX_FRAMES_MAX);
@@ -444,14 +516,13 @@ async fn open_session(State(web): State<Arc<Web>>, headers: HeaderMap, Query(par
             session.end();
         }
     }));
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "session": id }).to_string())
-        .into_response()
+    (StatusCode::OK, Json(SessionOpened { session: id })).into_response()
 }
 
 async fn send(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>, body: Bytes) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -462,9 +533,7 @@ async fn send(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Qu
         Err(_) => Err(FrameError::bad_frame("the body is not utf-8 json")),
     };
     match session.inbox.try_send(frame) {
-        Ok(()) => {
-            (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], r#"{"accepted":true}"#).into_response()
-        }
+        Ok(()) => (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response(),
         Err(mpsc::error::TrySendError::Full(_)) => {
             let mut response = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -489,7 +558,7 @@ fn resume_refused() -> Response {
 async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -504,13 +573,13 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): 
     }
     let reader = session.attach();
     let stream = futures::stream::unfold(
-        (reader, after, Vec::<(u64, String)>::new()),
+        (reader, after, Vec::<(u64, Box<RawValue>)>::new()),
         |(reader, mut after, mut ready)| async move {
             loop {
                 if !ready.is_empty() {
                     let (id, json) = ready.remove(0);
                     after = id;
-                    let event = Event::default().id(id.to_string()).data(json);
+                    let event = Event::default().id(id.to_string()).data(json.get());
                     return Some((Ok::<_, Infallible>(event), (reader, after, ready)));
                 }
                 reader.0.wait_after(after).await;
@@ -528,7 +597,7 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): 
 async fn poll(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Query<Params>) -> Response {
     let user = match authenticate(&web, &headers, &params) {
         Ok(user) => user,
-        Err(reason) => return unauthenticated(reason),
+        Err(refused) => return refused.into_response(),
     };
     let Some(session) = params.session.as_deref().and_then(|id| web.session(id, &user)) else {
         return session_gone();
@@ -548,13 +617,36 @@ async fn poll(State(web): State<Arc<Web>>, headers: HeaderMap, Query(params): Qu
         return session_gone();
     }
     let next = frames.last().map_or(after, |(id, _)| *id);
-    let mut body = format!("{{\"next\":{next},\"frames\":[");
-    for (index, (_, json)) in frames.iter().enumerate() {
-        if index > 0 {
-            body.push(',');
-        }
-        body.push_str(json);
+    let frames = frames.into_iter().map(|(_, json)| json).collect();
+    (StatusCode::OK, Json(PollAnswer { next, frames })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
     }
-    body.push_str("]}");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+
+    #[test]
+    fn answers_keep_their_wire_shape() {
+        let frames = vec![raw(r#"{"type":"pong","nonce":7}"#), raw(r#"{"type":"pong","nonce":8}"#)];
+        let answer = serde_json::to_string(&PollAnswer { next: 9, frames }).unwrap();
+        // Frames go out as they were encoded, fields in declaration order.
+        assert_eq!(answer, r#"{"next":9,"frames":[{"type":"pong","nonce":7},{"type":"pong","nonce":8}]}"#);
+        let empty = serde_json::to_string(&PollAnswer { next: 4, frames: Vec::new() }).unwrap();
+        assert_eq!(empty, r#"{"next":4,"frames":[]}"#);
+        let opened = serde_json::to_string(&SessionOpened { session: "3f9c".into() }).unwrap();
+        assert_eq!(opened, r#"{"session":"3f9c"}"#);
+        assert_eq!(serde_json::to_string(&Accepted { accepted: true }).unwrap(), r#"{"accepted":true}"#);
+    }
+
+    #[test]
+    fn a_refused_token_is_a_401_unauthenticated_error() {
+        assert_eq!(RequestAuthError::Missing.to_string(), "no token presented");
+        let refused = RequestAuthError::from(crate::edge::auth::AuthError::TooLong(9000));
+        assert_eq!(refused.to_string(), crate::edge::auth::AuthError::TooLong(9000).to_string());
+        assert_eq!(refused.into_response().status(), StatusCode::UNAUTHORIZED);
+    }
 }

@@ -210,7 +210,7 @@ impl Config {
         if self.shards == 0 {
             return invalid("shards must be at least 1".into());
         }
-        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        self.rate_limits.validate().map_err(|error| ConfigError::Invalid(error.to_string()))?;
         let mut ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|pair| pair[0] == pair[1]) {

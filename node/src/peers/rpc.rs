@@ -2,9 +2,13 @@
 //!
 //! Every RPC is one bidirectional stream: the caller writes one request frame (and, for a
 //! snapshot, the snapshot's bytes as further frames) and finishes its side; the callee answers
-//! with one response frame. A frame is a `u32` big-endian length and a postcard payload.
+//! with one response frame. A frame is a `u32` big-endian length and a postcard payload: the
+//! client sessions' framing ([`natter_proto::codec`]), with a larger maximum
+//! ([`PEER_FRAME_BYTES_MAX`]).
 
 use crate::delivery::{Push, Topic};
+use natter_proto::codec::{decode_length_prefix, encode_frame_within, encode_length_prefix, LENGTH_PREFIX_BYTES};
+use natter_proto::FrameError;
 use natter_raft::command::{Command, Response};
 use natter_raft::placement::ShardId;
 use natter_raft::query::{Query, QueryResult};
@@ -196,33 +200,44 @@ pub enum FrameIoError {
     /// The payload did not decode.
     #[error("bad frame: {0}")]
     Decode(String),
+    /// The value could not be encoded (a bug in the sender, never the peer's fault).
+    #[error("frame could not be encoded: {0}")]
+    Encode(String),
 }
 
-/// Writes one frame.
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> Result<(), FrameIoError> {
-    let payload = postcard::to_stdvec(value).map_err(|e| FrameIoError::Decode(e.to_string()))?;
-    if payload.len() > PEER_FRAME_BYTES_MAX {
-        return Err(FrameIoError::TooLarge { length: payload.len(), max: PEER_FRAME_BYTES_MAX });
+impl From<FrameError> for FrameIoError {
+    fn from(error: FrameError) -> Self {
+        match error {
+            FrameError::FrameTooLarge { length, max } => {
+                Self::TooLarge { length: usize::try_from(length).unwrap_or(usize::MAX), max }
+            }
+            FrameError::Encode { reason } => Self::Encode(reason),
+            other => Self::Decode(other.to_string()),
+        }
     }
-    write_raw(send, &payload).await
 }
 
-/// Writes one frame of raw bytes.
+/// Writes one frame: `value`'s postcard payload (at most [`PEER_FRAME_BYTES_MAX`]) behind its
+/// length prefix.
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> Result<(), FrameIoError> {
+    let mut frame = Vec::new();
+    encode_frame_within(value, PEER_FRAME_BYTES_MAX, &mut frame)?;
+    send.write_all(&frame).await.map_err(|e| FrameIoError::Stream(e.to_string()))
+}
+
+/// Writes one frame of raw bytes (at most [`PEER_FRAME_BYTES_MAX`], as readers accept).
 pub async fn write_raw(send: &mut quinn::SendStream, payload: &[u8]) -> Result<(), FrameIoError> {
-    let length = u32::try_from(payload.len())
-        .map_err(|_| FrameIoError::TooLarge { length: payload.len(), max: PEER_FRAME_BYTES_MAX })?;
-    send.write_all(&length.to_be_bytes()).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
+    let prefix = encode_length_prefix(payload.len(), PEER_FRAME_BYTES_MAX)?;
+    send.write_all(&prefix).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
     send.write_all(payload).await.map_err(|e| FrameIoError::Stream(e.to_string()))
 }
 
-/// Reads one frame's raw bytes.
+/// Reads one frame's raw bytes: the length prefix, then as many payload bytes as it announces
+/// (at most [`PEER_FRAME_BYTES_MAX`]).
 pub async fn read_raw(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, FrameIoError> {
-    let mut length = [0u8; 4];
-    recv.read_exact(&mut length).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > PEER_FRAME_BYTES_MAX {
-        return Err(FrameIoError::TooLarge { length, max: PEER_FRAME_BYTES_MAX });
-    }
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    recv.read_exact(&mut prefix).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
+    let length = decode_length_prefix(prefix, PEER_FRAME_BYTES_MAX)?;
     let mut payload = vec![0u8; length];
     recv.read_exact(&mut payload).await.map_err(|e| FrameIoError::Stream(e.to_string()))?;
     Ok(payload)

@@ -221,8 +221,11 @@ try {
     }
   });
 
-  await step('no page threw an uncaught error', async () => {
+  await step('no page threw an uncaught error or broke its content security policy', async () => {
     if (pageErrors.length) throw new Error(pageErrors.join('; '));
+    // A refused script or style need not stop the chat, so violations are looked for here.
+    const violations = consoleErrors.filter((text) => text.includes('Content Security Policy'));
+    if (violations.length) throw new Error(violations.join('; '));
   });
 
   await step(`screenshot of alice's chat saved to ${screenshot}`, async () => {
