@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use natter_canary::Canary;
 use natter_proto::{ActivityStatus, ConversationId, DeviceId, MessageRecord, UserId};
-use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::placement::{replicas, shard_of_user, ShardId};
 use natter_raft::query::{Query, QueryResult};
@@ -361,7 +361,7 @@ impl Cluster {
         for (shard, topics) in by_shard {
             let replicas = self.placement[&shard].clone();
             let mut target = self.leader_guess(shard, &replicas);
-            let follow_hints = !canary::active(Canary::InterestNotReregistered);
+            let follow_hints = !natter_canary::active(Canary::InterestNotReregistered);
             if !follow_hints {
                 // The planted bug: interest keeps going to the first leader it reached.
                 target = *self.first_interest_target.lock().expect("first target lock").entry(shard).or_insert(target);
@@ -919,7 +919,7 @@ impl Cluster {
     pub async fn read(&self, shard: ShardId, query: Query) -> Result<QueryResult, ClusterError> {
         let replicas = self.placement.get(&shard).ok_or(ClusterError::NoSuchShard(shard))?.clone();
         if self.groups.contains_key(&shard) {
-            if canary::active(Canary::StaleFollowerRead) {
+            if natter_canary::active(Canary::StaleFollowerRead) {
                 return self
                     .store
                     .read_shard(shard, |reader, txn| reader.query(txn, &query))

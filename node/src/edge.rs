@@ -24,12 +24,12 @@ use std::future::Future;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use natter_canary::Canary;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::frame_error::FrameError;
 use natter_proto::frames::{ClientFrame, ConversationSummary, PresencePrivacy, PresenceStatus, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, SESSIONS_PER_USER_MAX};
 use natter_proto::{ConversationId, DeviceId, ErrorCode, UserId};
-use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::placement::{shard_of_conversation, shard_of_user};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
@@ -690,7 +690,7 @@ impl<W: Wire> Session<W> {
                 self.answer(&frame, reply).await
             }
             ClientFrame::Send { conversation, client_seq, body } => {
-                if canary::active(Canary::AckBeforeCommit) {
+                if natter_canary::active(Canary::AckBeforeCommit) {
                     let command = Command::Append {
                         conversation: *conversation,
                         sender: user.clone(),

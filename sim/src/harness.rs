@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use natter_raft::canary::Canary;
+use natter_canary::Canary;
 
 use crate::check::{self, HealPhase, SendOutcome, Violation};
 use crate::env::{node_name, NodeStart, SimCluster};
@@ -139,7 +139,8 @@ pub struct RunConfig {
     pub udp_capacity: usize,
     /// Simulated time per simulation step (every host runs this much per step).
     pub tick: Duration,
-    /// Bugs planted on the run's thread (simulation builds only), to prove the checkers.
+    /// Bugs planted on the run's thread, to prove the checkers; only a build with natter-sim's
+    /// `canaries` feature can plant any (see [`plant_canaries`]).
     pub canaries: Vec<Canary>,
     /// The nemesis's hooks into nodes' clocks and storage; `None`: neither is faulted.
     pub faults: Option<Arc<SimFaults>>,
@@ -243,6 +244,19 @@ enum Phase {
     Finish,
 }
 
+/// Plants `canaries` on this thread, replacing what an earlier run planted.
+///
+/// # Panics
+/// If canaries are asked for in a build without natter-sim's `canaries` feature: a run must
+/// not pass for want of the bug it was meant to plant. (`natter-sim` refuses `--canary` up
+/// front in such a build.)
+pub fn plant_canaries(canaries: &[Canary]) {
+    #[cfg(feature = "canaries")]
+    natter_canary::plant(canaries);
+    #[cfg(not(feature = "canaries"))]
+    assert!(canaries.is_empty(), "this build cannot plant {canaries:?}: natter-sim's `canaries` feature is off");
+}
+
 /// Runs one seed on the calling thread. For a reproducible run the thread must be fresh and
 /// its OS entropy seeded ([`crate::entropy::on_seeded_thread`], as [`run_seeded`] does):
 /// std's `HashMap` keys and `rand`'s thread RNG are drawn once per thread.
@@ -250,7 +264,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     // The wall clock measures the harness, never reaches the simulation (the OS clocks of a
     // simulation thread are virtual; this reads the kernel's).
     let wall_started = crate::clock::real_elapsed();
-    natter_raft::canary::plant(&config.canaries);
+    plant_canaries(&config.canaries);
     let plan = Arc::new(Plan::draw(seed, config));
     let shared = SharedState::default();
     let mut failure = None;

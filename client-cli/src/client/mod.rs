@@ -52,13 +52,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use natter_canary::Canary;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::limits::OUTSTANDING_SENDS_MAX;
 use natter_proto::{
     ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId, ErrorCode, MessageRecord,
     PresencePrivacy, PresenceStatus, UserId,
 };
-use natter_raft::canary::{self, Canary};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -542,7 +542,7 @@ impl Client {
             let mut state = self.shared.lock();
             let cursor = state.handed.entry(message.conversation).or_insert(0);
             assert!(
-                message.seq > *cursor || canary::active(Canary::CursorBackwards),
+                message.seq > *cursor || natter_canary::active(Canary::CursorBackwards),
                 "a cursor never moves back: {} after {}",
                 message.seq,
                 *cursor
