@@ -12,7 +12,7 @@
 //! 3. **Heal**: the nemesis stops and repairs everything ([`Nemesis::heal`]); the run waits
 //!    until every send has its answer and every device has caught up. Not settling within
 //!    [`RunConfig::heal_bound`] is a liveness violation ([`Violation::NotSettled`]).
-//! 4. **Judge**: [`check::check`] over the history, with completeness.
+//! 4. **Judge**: [`natter_check::check`] over the history, with completeness.
 //!
 //! A run is a function of its seed and configuration: [`RunOutcome::trace_hash`] hashes every
 //! recorded event with its simulated time, and the same seed gives the same hash.
@@ -23,8 +23,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use natter_canary::Canary;
+use natter_check::{HealPhase, SendOutcome, Violation};
 
-use crate::check::{self, HealPhase, SendOutcome, Violation};
 use crate::env::{node_name, NodeStart, SimCluster};
 use crate::faults::SimFaults;
 use crate::nemesis::Timed;
@@ -357,7 +357,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
                 if elapsed >= next_settle_check {
                     next_settle_check = elapsed + SETTLE_POLL;
                     let mut state = shared.lock();
-                    let settled = state.pending.is_empty() && check::caught_up(&state.history);
+                    let settled = state.pending.is_empty() && natter_check::caught_up(&state.history);
                     let waited = elapsed - heal_started;
                     if settled || waited > config.heal_bound {
                         heal = Some(HealPhase {
@@ -389,7 +389,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     let mut state = shared.lock();
     state.history.heal = heal;
     let history = &state.history;
-    let violations = if failure.is_some() && heal.is_none() { Vec::new() } else { check::check(history, true) };
+    let violations = if failure.is_some() && heal.is_none() { Vec::new() } else { natter_check::check(history, true) };
     let count = |wanted: fn(&SendOutcome) -> bool| history.sends.iter().filter(|send| wanted(&send.outcome)).count();
     let acknowledged = count(|outcome| matches!(outcome, SendOutcome::Acknowledged(_)));
     let refused = count(|outcome| matches!(outcome, SendOutcome::Refused(_)));
