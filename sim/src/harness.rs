@@ -25,80 +25,10 @@ use sha2::{Digest, Sha256};
 use natter_canary::Canary;
 use natter_check::{HealPhase, SendOutcome, Violation};
 
-use crate::env::{node_name, NodeStart, SimCluster};
+use crate::env::{NodeStart, SimCluster};
 use crate::faults::SimFaults;
-use crate::nemesis::Timed;
+use crate::nemesis::{Nemesis, Timed};
 use crate::workload::{self, device_host, DeviceContext, Plan, SharedState};
-
-/// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
-/// simulation step of the workload phase, then [`Nemesis::heal`] once.
-pub trait Nemesis {
-    /// Applies whatever is due at `elapsed` (simulated time since the workload began). Node hosts
-    /// are named by [`node_name`] (`node1` … `nodeN`).
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
-    /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
-    /// The faults applied so far, in order; the run's trace (and so its hash) records each.
-    fn journal(&self) -> &[Timed] {
-        &[]
-    }
-}
-
-/// No faults.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoFaults;
-
-impl Nemesis for NoFaults {
-    fn tick(&mut self, _sim: &mut turmoil::Sim<'_>, _elapsed: Duration) {}
-    fn heal(&mut self, _sim: &mut turmoil::Sim<'_>) {}
-}
-
-/// Crashes node `node` at `at` and restarts it `down_for` later (or at heal, if that comes
-/// first). The crash is a process crash: the host's tasks vanish mid-flight, its LMDB keeps
-/// what was committed, and the restart runs `run_node` again on the same data directory.
-#[derive(Debug, Clone, Copy)]
-pub struct CrashRestart {
-    /// When to crash it (simulated time since the run began).
-    pub at: Duration,
-    /// The node.
-    pub node: u64,
-    /// How long it stays down.
-    pub down_for: Duration,
-    crashed: bool,
-    restarted: bool,
-}
-
-impl CrashRestart {
-    /// Crashes `node` at `at` for `down_for`.
-    pub fn new(at: Duration, node: u64, down_for: Duration) -> Self {
-        Self { at, node, down_for, crashed: false, restarted: false }
-    }
-
-    /// True once the node was crashed and started again.
-    pub fn done(&self) -> bool {
-        self.crashed && self.restarted
-    }
-}
-
-impl Nemesis for CrashRestart {
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration) {
-        if !self.crashed && elapsed >= self.at {
-            sim.crash(node_name(self.node));
-            self.crashed = true;
-        }
-        if self.crashed && !self.restarted && elapsed >= self.at + self.down_for {
-            sim.bounce(node_name(self.node));
-            self.restarted = true;
-        }
-    }
-
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
-        if self.crashed && !self.restarted {
-            sim.bounce(node_name(self.node));
-            self.restarted = true;
-        }
-    }
-}
 
 /// How a run is shaped.
 #[derive(Debug, Clone)]
