@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use natter_check::{History, Observer, SendOutcome, SendRecord, Violation};
-use natter_client::client::{Client, ClientConfig, ClientError, Event, MemoryCursors};
-use natter_client::local::{self, UpOptions};
+use natter_cli::local::{self, UpOptions};
+use natter_client::{Client, ClientConfig, ClientError, Event, MemoryCursors};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

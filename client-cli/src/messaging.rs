@@ -11,10 +11,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use natter_client::{Client, ClientConfig, CursorStore, Event, FileCursors, MemoryCursors, SendOk};
 use natter_proto::{ConversationId, DeviceId, UserId};
 
 use crate::cli::{ConnectArgs, CreateArgs, HistoryArgs, SendArgs, TailArgs};
-use crate::client::{Client, ClientConfig, CursorStore, Event, FileCursors, MemoryCursors, SendOk};
 use crate::error::Error;
 use crate::render;
 

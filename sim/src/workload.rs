@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use natter_check::{History, Observer, ReadView, SendOutcome, SendRecord};
-use natter_client::client::{Client, ClientConfig, ClientError, CursorState, Event, MemoryCursors};
+use natter_client::{Client, ClientConfig, ClientError, CursorState, Event, MemoryCursors};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -22,8 +22,8 @@ use natter_proto::{
     ClientFrame, ConversationId, ConversationSummary, ErrorCode, MessageRecord, PresencePrivacy, ServerFrame, UserId,
 };
 
-use super::error::ClientError;
-use super::{ConversationInfo, Event, SendOk};
+use crate::error::ClientError;
+use crate::{ConversationInfo, Event, SendOk};
 
 /// Most out-of-order messages kept while the gap before them is filled; beyond it they are
 /// dropped and fetched again.
