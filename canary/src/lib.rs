@@ -154,15 +154,5 @@ mod tests {
         assert_eq!(PLANTABLE, cfg!(feature = "canaries"));
     }
 
-    #[cfg(feature = "canaries")]
-    #[test]
-    fn canaries_are_planted_per_thread() {
-        plant(&[Canary::DedupSkipped]);
-        assert!(active(Canary::DedupSkipped));
-        assert!(!active(Canary::AckBeforeCommit));
-        let elsewhere = std::thread::spawn(|| active(Canary::DedupSkipped)).join().unwrap();
-        assert!(!elsewhere, "another thread has no canary");
-        clear();
-        assert!(!active(Canary::DedupSkipped));
-    }
+    // Planting itself is tested where it is compiled in: natter-sim's `tests/canaries.rs`.
 }

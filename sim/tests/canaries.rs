@@ -42,6 +42,18 @@ fn assert_caught(canary: Canary, scenario_name: &str, expected: &str) {
     panic!("{canary} was not caught by {expected} on {path} within {CANARY_SEEDS_MAX} seeds");
 }
 
+/// Seeds run side by side on threads of one process; each plants its own canaries.
+#[test]
+fn canaries_are_planted_per_thread() {
+    natter_canary::plant(&[Canary::DedupSkipped]);
+    assert!(natter_canary::active(Canary::DedupSkipped));
+    assert!(!natter_canary::active(Canary::AckBeforeCommit));
+    let elsewhere = std::thread::spawn(|| natter_canary::active(Canary::DedupSkipped)).join().unwrap();
+    assert!(!elsewhere, "another thread has no canary");
+    natter_canary::clear();
+    assert!(!natter_canary::active(Canary::DedupSkipped));
+}
+
 #[test]
 fn the_ack_before_commit_canary_is_caught() {
     assert_caught(Canary::AckBeforeCommit, "leader-crash-loop", "AcknowledgedLost");
