@@ -9,10 +9,10 @@
 #     positive control, showing that the search finds the marker where it is.
 #
 # It reads the binaries a test run left; it builds nothing. Run it after
-#   cargo test --workspace --exclude natter-sim     # natter-node and natter, no canaries
-#   cargo test -p natter-sim --features canaries    # natter-sim with canaries
-# as scripts/test.sh does. Binaries may be given instead: --production FILE (repeatable) and
-# --planted FILE.
+#   cargo test --workspace                                                 # natter-node, natter
+#   cargo test --workspace --features natter-sim/canaries --test canaries  # natter-sim, canaries
+# as scripts/test.sh does (the second command builds no natter-node or natter binary). Binaries
+# may be given instead: --production FILE (repeatable) and --planted FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
