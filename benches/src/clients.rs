@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use natter_client::client::{Client, ClientConfig, CursorState, Event, MemoryCursors};
-use natter_client::local::{self, StartedNode, UpOptions};
+use natter_cli::local::{self, StartedNode, UpOptions};
+use natter_client::{Client, ClientConfig, CursorState, Event, MemoryCursors};
 use natter_node::auth::TokenKey;
 use natter_node::rate::RateLimits;
 use natter_proto::codec::{encode_frame, FrameDecoder};
@@ -652,7 +652,7 @@ async fn open_idle(
 /// [`IDLE_SESSIONS_PER_ENDPOINT`], so they need few file descriptors.
 pub async fn run_idle(cluster: &ProcessCluster, steps: &[usize]) -> anyhow::Result<Vec<IdleSample>> {
     let total = steps.iter().copied().max().unwrap_or(0);
-    let quic = natter_client::client::quic_config(&cluster.ca_pem)?;
+    let quic = natter_client::quic_config(&cluster.ca_pem)?;
     let server = cluster.servers()[0];
     let endpoints = (0..total.div_ceil(IDLE_SESSIONS_PER_ENDPOINT))
         .map(|_| quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()))

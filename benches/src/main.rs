@@ -493,7 +493,7 @@ fn start_processes(args: &ProcessArgs) -> anyhow::Result<clients::ProcessCluster
         }
     );
     let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
-    let binary = natter_client::local::locate_node_binary(args.node_binary.as_deref(), exe_dir.as_deref(), None)
+    let binary = natter_cli::local::locate_node_binary(args.node_binary.as_deref(), exe_dir.as_deref(), None)
         .context("finding natter-node (build it with `cargo build --release -p natter-node`)")?;
     clients::ProcessCluster::start(&args.dir, args.nodes, args.shards, &binary, rate_limits)
 }

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use natter_client::client::{Client, ClientConfig, ClientError, Event, MemoryCursors};
-use natter_client::local::{self, UpOptions};
+use natter_check::{History, Observer, SendOutcome, SendRecord, Violation};
+use natter_cli::local::{self, UpOptions};
+use natter_client::{Client, ClientConfig, ClientError, Event, MemoryCursors};
 use natter_proto::{ConversationId, DeviceId, UserId};
-use natter_sim::check::{self, History, Observer, SendOutcome, SendRecord, Violation};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -81,7 +81,7 @@ pub fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
         .block_on(workload(options, &dir, servers, http));
     let _ = local::down(&dir, Duration::from_secs(20));
     let (history, kills) = result?;
-    let violations = check::check(&history, true);
+    let violations = natter_check::check(&history, true);
     let mut outcomes = (0, 0, 0);
     for send in &history.sends {
         match send.outcome {
@@ -247,7 +247,7 @@ async fn workload(
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let snapshot = history.lock().expect("history").clone();
-        if check::completeness(&snapshot, &check::agreement(&snapshot).0).is_empty() {
+        if natter_check::completeness(&snapshot, &natter_check::agreement(&snapshot).0).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

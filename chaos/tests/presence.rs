@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use natter_chaos::node_binary;
-use natter_client::client::{Client, ClientConfig, Event, MemoryCursors};
-use natter_client::local::{self, UpOptions};
+use natter_cli::local::{self, UpOptions};
+use natter_client::{Client, ClientConfig, Event, MemoryCursors};
 use natter_proto::{DeviceId, PresencePrivacy, PresenceStatus, UserId};
 
 struct Cluster {

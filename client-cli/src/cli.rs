@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::certs::{self, CERT_NODES_MAX};
 use crate::error::Error;
 use crate::local::{self, UpOptions, UpReport, LOCAL_NODES_MAX, READY_TIMEOUT_DEFAULT};
-use crate::messaging;
+use crate::messaging::{self, Connection, CreateOptions, Format, HistoryOptions, SendOptions, TailOptions};
 use crate::process::{StopOutcome, Stopped, STOP_GRACE_DEFAULT};
 use crate::status;
 use crate::table::render_table;
@@ -75,6 +75,14 @@ pub struct ConnectArgs {
     /// Print one JSON object per line (the protocol's JSON frames)
     #[arg(long)]
     pub json: bool,
+}
+
+impl ConnectArgs {
+    /// The messaging module's options for these arguments.
+    pub fn into_options(self) -> (Connection, Format) {
+        let format = if self.json { Format::Json } else { Format::Human };
+        (Connection { servers: self.servers, token: self.token, ca: self.ca, device: self.device }, format)
+    }
 }
 
 /// Arguments of `natter create`.
@@ -321,11 +329,35 @@ pub fn run(cli: Cli, out: &mut dyn Write, progress: &mut dyn Write) -> Result<()
                 .map_or(0, |elapsed| elapsed.as_secs());
             format!("{}\n", key.issue(&user, now, ttl))
         }
-        Command::Create(args) => return messaging::create(args, out),
-        Command::Send(args) => return messaging::send(args, out),
-        Command::Tail(args) => return messaging::tail(args, out, progress),
-        Command::History(args) => return messaging::history(args, out),
-        Command::Conversations(args) => return messaging::conversations(args, out),
+        Command::Create(args) => {
+            let (connection, format) = args.connect.into_options();
+            let options = CreateOptions { members: args.members, title: args.title };
+            return messaging::create(&connection, options, format, out);
+        }
+        Command::Send(args) => {
+            let (connection, format) = args.connect.into_options();
+            let options = SendOptions { conversation: args.conversation, text: args.text, cursors: args.cursors };
+            return messaging::send(&connection, options, format, out);
+        }
+        Command::Tail(args) => {
+            let (connection, format) = args.connect.into_options();
+            let options = TailOptions {
+                cursors: args.cursors,
+                count: args.count,
+                receipts: args.receipts,
+                signals: args.signals,
+            };
+            return messaging::tail(&connection, options, format, out, progress);
+        }
+        Command::History(args) => {
+            let (connection, format) = args.connect.into_options();
+            let options = HistoryOptions { conversation: args.conversation, limit: args.limit, before: args.before };
+            return messaging::history(&connection, options, format, out);
+        }
+        Command::Conversations(args) => {
+            let (connection, format) = args.into_options();
+            return messaging::conversations(&connection, format, out);
+        }
         Command::Status(args) => {
             let address = match (&args.http, &args.dir) {
                 (Some(address), _) => address.clone(),
@@ -515,5 +547,28 @@ node 3 (pid 13): was not running; removed its stale pid file
         assert!(Cli::try_parse_from(["natter", "cluster", "up", "--dir", "d", "--nodes", "0"]).is_err());
         assert!(Cli::try_parse_from(["natter", "cluster", "up", "--dir", "d", "--shards", "0"]).is_err());
         assert!(Cli::try_parse_from(["natter", "cluster", "up", "--nodes", "3"]).is_err(), "--dir is required");
+    }
+
+    #[test]
+    fn connection_arguments_become_messaging_options() {
+        let cli = Cli::try_parse_from([
+            "natter", "send", "c1", "hi", "--server", "a:1,b:2", "--token", "t", "--device", "phone", "--json",
+        ])
+        .unwrap();
+        let Command::Send(args) = cli.command else { panic!("parsed as {cli:?}") };
+        let (connection, format) = args.connect.into_options();
+        assert_eq!(
+            connection,
+            Connection {
+                servers: vec!["a:1".into(), "b:2".into()],
+                token: Some("t".into()),
+                ca: None,
+                device: "phone".into()
+            }
+        );
+        assert_eq!(format, Format::Json);
+        let cli = Cli::try_parse_from(["natter", "conversations", "--token", "t"]).unwrap();
+        let Command::Conversations(args) = cli.command else { panic!("parsed as {cli:?}") };
+        assert_eq!(args.into_options().1, Format::Human);
     }
 }

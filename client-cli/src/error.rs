@@ -131,7 +131,7 @@ pub enum Error {
     Output(#[source] std::io::Error),
     /// A client operation failed (connecting, a refused request, the cursor file).
     #[error("{0}")]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] natter_client::ClientError),
     /// An address given on the command line is not usable.
     #[error("invalid address {address:?}: {reason}")]
     BadAddress {

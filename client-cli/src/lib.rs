@@ -1,11 +1,8 @@
-//! natter-client: the library behind the `natter` command-line tool.
+//! natter-cli: the library behind the `natter` command-line tool.
 //!
-//! The [`client`] module is the connect/resume/retry/dedup client of DESIGN §1, shared by the
-//! CLI, the simulator and the load generator; the rest runs local clusters and reads their
-//! status.
+//! The messaging commands run on natter-client's [`natter_client::Client`]; the rest runs
+//! local clusters and reads their status.
 //!
-//! - [`client`]: [`client::Client`], a QUIC session to any node that reconnects, resumes from
-//!   its cursors, resends unacknowledged sends and hands each message over exactly once.
 //! - [`certs`]: `natter dev certs`, a cluster CA and node certificates.
 //! - [`local`]: `natter cluster up` / `down`, `natter-node` processes on loopback with all
 //!   their files in one directory.
@@ -13,9 +10,8 @@
 //! - [`status`]: `natter status`, the `/v1/admin/cluster` view as JSON or tables.
 //! - [`cli`]: argument parsing and output; the `natter` binary is [`cli::main`].
 //! - [`messaging`]: `natter create`, `send`, `tail`, `history`, `conversations` on a
-//!   [`client::Client`].
+//!   [`natter_client::Client`].
 //! - [`render`]: human and JSON output of the messaging commands.
-
 //!
 //! **API boundary:** configs and certificates are made with `natter-node`'s own types and
 //! functions (`Config::to_toml`, `tls::write_cluster_certs`), never re-implemented, so what the
@@ -24,7 +20,6 @@
 
 pub mod certs;
 pub mod cli;
-pub mod client;
 pub mod error;
 pub mod local;
 pub mod messaging;

@@ -1,5 +1,7 @@
 //! The messaging commands of `natter` (`create`, `send`, `tail`, `history`, `conversations`):
-//! each connects a [`Client`], does its work and closes it.
+//! each connects a [`Client`], does its work and closes it. They take plain options
+//! ([`Connection`], one struct per command, [`Format`]); `cli` fills them from its arguments,
+//! so this module knows nothing of argument parsing.
 //!
 //! `send` and `tail` keep the device's state file (cursors and the next `client_seq`, a
 //! [`FileCursors`]): `send` so that two runs never reuse a `client_seq` (the server would take
@@ -11,10 +13,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use natter_client::{Client, ClientConfig, CursorStore, Event, FileCursors, MemoryCursors, SendOk};
 use natter_proto::{ConversationId, DeviceId, UserId};
 
-use crate::cli::{ConnectArgs, CreateArgs, HistoryArgs, SendArgs, TailArgs};
-use crate::client::{Client, ClientConfig, CursorStore, Event, FileCursors, MemoryCursors, SendOk};
 use crate::error::Error;
 use crate::render;
 
@@ -27,20 +28,87 @@ pub const SEND_WINDOW: usize = 64;
 /// Lines read from stdin ahead of the sends.
 const STDIN_LINES_AHEAD: usize = 256;
 
-/// The client configuration the arguments describe.
-pub fn client_config(args: &ConnectArgs) -> Result<ClientConfig, Error> {
-    let servers = if args.servers.is_empty() { vec![DEFAULT_SERVER.to_string()] } else { args.servers.clone() };
+/// How a messaging command reaches the cluster and who it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// QUIC addresses (`HOST:PORT`) of any nodes, tried in order; empty: [`DEFAULT_SERVER`].
+    pub servers: Vec<String>,
+    /// The user's token; required.
+    pub token: Option<String>,
+    /// The cluster CA certificate file; `None`: [`DEV_CA_FILE`] if it exists.
+    pub ca: Option<PathBuf>,
+    /// This device's id: cursors and `client_seq`s are kept per device.
+    pub device: String,
+}
+
+/// How a command prints its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One line per thing, for people.
+    Human,
+    /// One JSON object per line, the protocol's JSON frames.
+    Json,
+}
+
+/// What `natter create` creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The other members' user ids (the caller is always a member).
+    pub members: Vec<String>,
+    /// A title; makes a group even with one other member.
+    pub title: Option<String>,
+}
+
+/// What `natter send` sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The conversation id, as printed.
+    pub conversation: String,
+    /// The message; `-` sends each line of stdin as a message.
+    pub text: String,
+    /// The device's state file; `None`: [`default_cursor_file`].
+    pub cursors: Option<PathBuf>,
+}
+
+/// What `natter tail` follows and prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailOptions {
+    /// The device's state file, which tail resumes from; `None`: [`default_cursor_file`].
+    pub cursors: Option<PathBuf>,
+    /// Stop after printing this many messages; `None`: run until interrupted.
+    pub count: Option<u64>,
+    /// Also print delivery and read receipts.
+    pub receipts: bool,
+    /// Also print typing and presence.
+    pub signals: bool,
+}
+
+/// Which page `natter history` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// The conversation id, as printed.
+    pub conversation: String,
+    /// Most messages to print.
+    pub limit: u32,
+    /// Only messages with seq below this; `None`: the newest.
+    pub before: Option<u64>,
+}
+
+/// The client configuration `connection` describes.
+pub fn client_config(connection: &Connection) -> Result<ClientConfig, Error> {
+    let servers =
+        if connection.servers.is_empty() { vec![DEFAULT_SERVER.to_string()] } else { connection.servers.clone() };
     let mut addresses = Vec::new();
     for server in servers.iter().map(|server| server.trim()).filter(|server| !server.is_empty()) {
         addresses.push(resolve(server)?);
     }
-    let token = args.token.clone().filter(|token| !token.trim().is_empty()).ok_or_else(|| {
+    let token = connection.token.clone().filter(|token| !token.trim().is_empty()).ok_or_else(|| {
         Error::Usage(
             "no token: give --token or NATTER_TOKEN (mint one with `natter token --user NAME --data-dir natter-data`)"
                 .into(),
         )
     })?;
-    let ca = match &args.ca {
+    let ca = match &connection.ca {
         Some(path) => path.clone(),
         None if Path::new(DEV_CA_FILE).is_file() => PathBuf::from(DEV_CA_FILE),
         None => {
@@ -50,7 +118,7 @@ pub fn client_config(args: &ConnectArgs) -> Result<ClientConfig, Error> {
         }
     };
     let ca_pem = std::fs::read(&ca).map_err(Error::io("cannot read", &ca))?;
-    let device = DeviceId::new(args.device.clone()).map_err(|error| Error::Usage(error.to_string()))?;
+    let device = DeviceId::new(connection.device.clone()).map_err(|error| Error::Usage(error.to_string()))?;
     Ok(ClientConfig::new(addresses, ca_pem, token.trim(), device))
 }
 
@@ -112,16 +180,16 @@ pub fn cluster_tag(ca_pem: &[u8]) -> String {
     sha2::Sha256::digest(ca_pem).iter().take(4).map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn cursor_store(args: &ConnectArgs, ca_pem: &[u8], explicit: Option<&Path>) -> Result<FileCursors, Error> {
+fn cursor_store(connection: &Connection, ca_pem: &[u8], explicit: Option<&Path>) -> Result<FileCursors, Error> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
         None => {
-            let token = args.token.as_deref().unwrap_or_default();
+            let token = connection.token.as_deref().unwrap_or_default();
             let user = token_subject(token).ok_or_else(|| {
                 Error::Usage("the token names no user (not a JWT with a `sub` claim); give --cursors FILE".into())
             })?;
             let home = std::env::var_os("HOME").map(PathBuf::from);
-            default_cursor_file(home.as_deref(), &cluster_tag(ca_pem), &user, &args.device)
+            default_cursor_file(home.as_deref(), &cluster_tag(ca_pem), &user, &connection.device)
         }
     };
     Ok(FileCursors::open(path)?)
@@ -148,38 +216,48 @@ fn write(out: &mut dyn Write, text: &str) -> Result<(), Error> {
 }
 
 /// `natter create`.
-pub fn create(args: CreateArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let mut config = client_config(&args.connect)?;
+pub fn create(
+    connection: &Connection,
+    options: CreateOptions,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut config = client_config(connection)?;
     config.receive_messages = false;
-    let members = args
+    let members = options
         .members
         .iter()
         .map(|member| UserId::new(member.trim()).map_err(|error| Error::Usage(error.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     runtime()?.block_on(async {
         let client = connect(config, Box::new(MemoryCursors::new())).await?;
-        let created = client.create_conversation(members, args.title).await;
+        let created = client.create_conversation(members, options.title).await;
         client.close().await;
         let created = created?;
-        let text = if args.connect.json { render::json_created(&created) } else { render::render_created(&created) };
+        let text = match format {
+            Format::Human => render::render_created(&created),
+            Format::Json => render::json_created(&created),
+        };
         write(out, &text)
     })
 }
 
 /// `natter send`: one message, or one per line of stdin for `-`.
-pub fn send(args: SendArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let conversation = parse_conversation(&args.conversation)?;
-    let mut config = client_config(&args.connect)?;
+pub fn send(connection: &Connection, options: SendOptions, format: Format, out: &mut dyn Write) -> Result<(), Error> {
+    let conversation = parse_conversation(&options.conversation)?;
+    let mut config = client_config(connection)?;
     config.receive_messages = false;
-    let store = cursor_store(&args.connect, &config.ca_pem, args.cursors.as_deref())?;
-    let json = args.connect.json;
-    let render = |ok: &SendOk| if json { render::json_send_ok(ok) } else { render::render_send_ok(ok) };
+    let store = cursor_store(connection, &config.ca_pem, options.cursors.as_deref())?;
+    let render = |ok: &SendOk| match format {
+        Format::Human => render::render_send_ok(ok),
+        Format::Json => render::json_send_ok(ok),
+    };
     runtime()?.block_on(async {
         let client = connect(config, Box::new(store)).await?;
-        let result = if args.text == "-" {
+        let result = if options.text == "-" {
             send_lines(&client, conversation, out, &render).await
         } else {
-            match client.send(conversation, args.text.clone()).await {
+            match client.send(conversation, options.text).await {
                 Ok(ok) => write(out, &render(&ok)),
                 Err(error) => Err(error.into()),
             }
@@ -245,33 +323,40 @@ async fn send_lines(
 }
 
 /// `natter history`.
-pub fn history(args: HistoryArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let conversation = parse_conversation(&args.conversation)?;
-    let mut config = client_config(&args.connect)?;
+pub fn history(
+    connection: &Connection,
+    options: HistoryOptions,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let conversation = parse_conversation(&options.conversation)?;
+    let mut config = client_config(connection)?;
     config.receive_messages = false;
     runtime()?.block_on(async {
         let client = connect(config, Box::new(MemoryCursors::new())).await?;
-        let page = client.history(conversation, args.before, args.limit).await;
+        let page = client.history(conversation, options.before, options.limit).await;
         client.close().await;
         let page = page?;
-        let text = if args.connect.json {
-            page.iter().map(render::json_message).collect()
-        } else {
-            render::render_history(conversation, &page)
+        let text = match format {
+            Format::Human => render::render_history(conversation, &page),
+            Format::Json => page.iter().map(render::json_message).collect(),
         };
         write(out, &text)
     })
 }
 
 /// `natter conversations`.
-pub fn conversations(args: ConnectArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let mut config = client_config(&args)?;
+pub fn conversations(connection: &Connection, format: Format, out: &mut dyn Write) -> Result<(), Error> {
+    let mut config = client_config(connection)?;
     config.receive_messages = false;
     runtime()?.block_on(async {
         let client = connect(config, Box::new(MemoryCursors::new())).await?;
         let list = client.conversations();
         client.close().await;
-        let text = if args.json { render::json_conversations(&list) } else { render::render_conversations(&list) };
+        let text = match format {
+            Format::Human => render::render_conversations(&list),
+            Format::Json => render::json_conversations(&list),
+        };
         write(out, &text)
     })
 }
@@ -279,16 +364,22 @@ pub fn conversations(args: ConnectArgs, out: &mut dyn Write) -> Result<(), Error
 /// `natter tail`: prints messages as they arrive until `--count` messages were printed or
 /// Ctrl-C, and a line for each conversation the user is added to meanwhile (its messages
 /// follow from #1); connection changes and errors go to `progress`.
-pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Result<(), Error> {
-    let config = client_config(&args.connect)?;
-    let store = cursor_store(&args.connect, &config.ca_pem, args.cursors.as_deref())?;
-    let json = args.connect.json;
+pub fn tail(
+    connection: &Connection,
+    options: TailOptions,
+    format: Format,
+    out: &mut dyn Write,
+    progress: &mut dyn Write,
+) -> Result<(), Error> {
+    let config = client_config(connection)?;
+    let store = cursor_store(connection, &config.ca_pem, options.cursors.as_deref())?;
+    let json = format == Format::Json;
     runtime()?.block_on(async {
         let client = connect(config, Box::new(store)).await?;
         let mut labels = render::labels(&client.conversations());
         let mut printed = 0u64;
         let result = loop {
-            if args.count.is_some_and(|count| printed >= count) {
+            if options.count.is_some_and(|count| printed >= count) {
                 break Ok(());
             }
             let event = tokio::select! {
@@ -312,7 +403,7 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     };
                     (text, true)
                 }
-                Event::Receipt { conversation, user, delivered, read } if args.receipts => {
+                Event::Receipt { conversation, user, delivered, read } if options.receipts => {
                     let text = if json {
                         render::json_receipt(*conversation, user, *delivered, *read)
                     } else {
@@ -331,7 +422,7 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     (format!("natter: connected to {node} as {}\n", client.user()), false)
                 }
                 // Typing and presence are signals, printed only when asked for (--signals).
-                Event::Typing { conversation, user, active } if args.signals => {
+                Event::Typing { conversation, user, active } if options.signals => {
                     let text = if json {
                         render::json_typing(*conversation, user, *active)
                     } else {
@@ -339,7 +430,7 @@ pub fn tail(args: TailArgs, out: &mut dyn Write, progress: &mut dyn Write) -> Re
                     };
                     (text, true)
                 }
-                Event::Presence { user, status, last_seen, custom } if args.signals => {
+                Event::Presence { user, status, last_seen, custom } if options.signals => {
                     let text = if json {
                         render::json_presence(user, *status, *last_seen, custom.as_deref())
                     } else {

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use natter_client::{ConversationInfo, SendOk};
 use natter_proto::json::encode_server;
 use natter_proto::{ConversationId, ConversationSummary, MessageRecord, PresenceStatus, ServerFrame, UserId};
 
-use crate::client::{ConversationInfo, SendOk};
 use crate::table::render_table;
 
 /// `ts` (milliseconds since the Unix epoch) as UTC `YYYY-MM-DD HH:MM:SSZ`.

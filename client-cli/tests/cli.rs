@@ -6,9 +6,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
-use natter_client::client::{ConversationInfo, SendOk};
-use natter_client::render;
-use natter_client::status::{self, ClusterStatus};
+use natter_cli::render;
+use natter_cli::status::{self, ClusterStatus};
+use natter_client::{ConversationInfo, SendOk};
 use natter_proto::{ConversationId, ConversationSummary, DeviceId, MessageRecord, UserId};
 
 /// A fixed `/v1/admin/cluster` answer of a healthy 3-node, 8-shard cluster.

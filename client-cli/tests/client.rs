@@ -1,7 +1,7 @@
-//! `natter_client::client` against real in-process nodes: messages reach the other member
-//! once and in order, a client that comes back with its cursor file gets exactly what it
-//! missed, and sends interrupted by a dropped connection or a stopped node are resent and
-//! committed once.
+//! natter-client against real in-process nodes: messages reach the other member once and in
+//! order, a client that comes back with its cursor file gets exactly what it missed, and sends
+//! interrupted by a dropped connection or a stopped node are resent and committed once. These
+//! tests live here, in natter-cli, because natter-client itself must not depend on natter-node.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_client::client::{Client, ClientError, Event, FileCursors, MemoryCursors, SendOk};
+use natter_client::{Client, ClientError, Event, FileCursors, MemoryCursors, SendOk};
 use natter_proto::{ConversationId, ErrorCode, MessageRecord, UserId};
 use support::{run, Cluster};
 
@@ -87,6 +87,11 @@ async fn send_many<F: std::future::Future<Output = ()>>(
         results.push(task.await.unwrap().expect("every send is committed"));
     }
     results
+}
+
+#[test]
+fn the_client_alpn_is_the_nodes() {
+    assert_eq!(natter_client::ALPN, natter_node::tls::CLIENT_ALPN);
 }
 
 #[test]
@@ -250,7 +255,7 @@ fn a_slow_reader_gets_every_message_once_after_the_queue_overflows() {
         let bob_file = cluster.dir.path().join("bob.json");
         let bob = connect_listed(&cluster, "bob", &bob_file, chat.id).await;
 
-        let total = natter_client::client::EVENT_QUEUE_MAX + 100;
+        let total = natter_client::EVENT_QUEUE_MAX + 100;
         let mut queued = Vec::new();
         for n in 0..total {
             queued.push(alice.submit(chat.id, format!("m{n}")).await.unwrap());

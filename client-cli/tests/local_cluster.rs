@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use natter_client::local::{self, ClusterDir, UpOptions};
-use natter_client::process::{liveness, Liveness};
-use natter_client::Error;
+use natter_cli::local::{self, ClusterDir, UpOptions};
+use natter_cli::process::{liveness, Liveness};
+use natter_cli::Error;
 use serde_json::Value;
 
 fn natter(args: &[&str]) -> Output {

@@ -14,7 +14,6 @@
 //! [`command::Command`] and [`types::TypeConfig`].
 #![warn(missing_docs)]
 
-pub mod canary;
 pub mod command;
 pub mod placement;
 pub mod query;

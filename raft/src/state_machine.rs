@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use heed::{RoTxn, RwTxn};
+use natter_canary::Canary;
 use natter_proto::limits::{BODY_BYTES_MAX, DEDUP_WINDOW, HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN, TITLE_BYTES_MAX};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
@@ -359,7 +360,7 @@ impl Machine<'_> {
         // Exactly once: a remembered client_seq answers with its original place, whatever else
         // changed since (even if the sender has left the conversation).
         let dedup_key = device_key.clone().u64(client_seq);
-        let remembered = if crate::canary::active(crate::canary::Canary::DedupSkipped) {
+        let remembered = if natter_canary::active(Canary::DedupSkipped) {
             None
         } else {
             get::<DedupRow>(&self.tables.dedup, txn, dedup_key.as_bytes())?

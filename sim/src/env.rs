@@ -75,9 +75,9 @@ impl NetworkEnv for SimNetwork {
 /// Endpoints for a simulated `natter-client`: a turmoil UDP socket on an ephemeral port of the
 /// client's host and a [`quinn::EndpointConfig`] seeded from `seed` and the number of endpoints
 /// made before, so every reconnect gets fresh, reproducible connection ids and reset keys.
-pub fn client_endpoints(seed: u64) -> natter_client::client::EndpointFactory {
+pub fn client_endpoints(seed: u64) -> natter_client::EndpointFactory {
     let made = Arc::new(AtomicU64::new(0));
-    natter_client::client::EndpointFactory::new(move || {
+    natter_client::EndpointFactory::new(move || {
         let number = made.fetch_add(1, Ordering::SeqCst);
         let entropy = Entropy::from_seed(seed.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(number));
         let config = SimNetwork.endpoint_config(&entropy);

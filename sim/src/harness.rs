@@ -12,7 +12,7 @@
 //! 3. **Heal**: the nemesis stops and repairs everything ([`Nemesis::heal`]); the run waits
 //!    until every send has its answer and every device has caught up. Not settling within
 //!    [`RunConfig::heal_bound`] is a liveness violation ([`Violation::NotSettled`]).
-//! 4. **Judge**: [`check::check`] over the history, with completeness.
+//! 4. **Judge**: [`natter_check::check`] over the history, with completeness.
 //!
 //! A run is a function of its seed and configuration: [`RunOutcome::trace_hash`] hashes every
 //! recorded event with its simulated time, and the same seed gives the same hash.
@@ -22,83 +22,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use natter_raft::canary::Canary;
+use natter_canary::Canary;
+use natter_check::{HealPhase, SendOutcome, Violation};
 
-use crate::check::{self, HealPhase, SendOutcome, Violation};
-use crate::env::{node_name, NodeStart, SimCluster};
+use crate::env::{NodeStart, SimCluster};
 use crate::faults::SimFaults;
-use crate::nemesis::Timed;
+use crate::nemesis::{Nemesis, Timed};
 use crate::workload::{self, device_host, DeviceContext, Plan, SharedState};
-
-/// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
-/// simulation step of the workload phase, then [`Nemesis::heal`] once.
-pub trait Nemesis {
-    /// Applies whatever is due at `elapsed` (simulated time since the workload began). Node hosts
-    /// are named by [`node_name`] (`node1` … `nodeN`).
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
-    /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
-    /// The faults applied so far, in order; the run's trace (and so its hash) records each.
-    fn journal(&self) -> &[Timed] {
-        &[]
-    }
-}
-
-/// No faults.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoFaults;
-
-impl Nemesis for NoFaults {
-    fn tick(&mut self, _sim: &mut turmoil::Sim<'_>, _elapsed: Duration) {}
-    fn heal(&mut self, _sim: &mut turmoil::Sim<'_>) {}
-}
-
-/// Crashes node `node` at `at` and restarts it `down_for` later (or at heal, if that comes
-/// first). The crash is a process crash: the host's tasks vanish mid-flight, its LMDB keeps
-/// what was committed, and the restart runs `run_node` again on the same data directory.
-#[derive(Debug, Clone, Copy)]
-pub struct CrashRestart {
-    /// When to crash it (simulated time since the run began).
-    pub at: Duration,
-    /// The node.
-    pub node: u64,
-    /// How long it stays down.
-    pub down_for: Duration,
-    crashed: bool,
-    restarted: bool,
-}
-
-impl CrashRestart {
-    /// Crashes `node` at `at` for `down_for`.
-    pub fn new(at: Duration, node: u64, down_for: Duration) -> Self {
-        Self { at, node, down_for, crashed: false, restarted: false }
-    }
-
-    /// True once the node was crashed and started again.
-    pub fn done(&self) -> bool {
-        self.crashed && self.restarted
-    }
-}
-
-impl Nemesis for CrashRestart {
-    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration) {
-        if !self.crashed && elapsed >= self.at {
-            sim.crash(node_name(self.node));
-            self.crashed = true;
-        }
-        if self.crashed && !self.restarted && elapsed >= self.at + self.down_for {
-            sim.bounce(node_name(self.node));
-            self.restarted = true;
-        }
-    }
-
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
-        if self.crashed && !self.restarted {
-            sim.bounce(node_name(self.node));
-            self.restarted = true;
-        }
-    }
-}
 
 /// How a run is shaped.
 #[derive(Debug, Clone)]
@@ -139,7 +69,8 @@ pub struct RunConfig {
     pub udp_capacity: usize,
     /// Simulated time per simulation step (every host runs this much per step).
     pub tick: Duration,
-    /// Bugs planted on the run's thread (simulation builds only), to prove the checkers.
+    /// Bugs planted on the run's thread, to prove the checkers; only a build with natter-sim's
+    /// `canaries` feature can plant any (see [`plant_canaries`]).
     pub canaries: Vec<Canary>,
     /// The nemesis's hooks into nodes' clocks and storage; `None`: neither is faulted.
     pub faults: Option<Arc<SimFaults>>,
@@ -243,6 +174,19 @@ enum Phase {
     Finish,
 }
 
+/// Plants `canaries` on this thread, replacing what an earlier run planted.
+///
+/// # Panics
+/// If canaries are asked for in a build without natter-sim's `canaries` feature: a run must
+/// not pass for want of the bug it was meant to plant. (`natter-sim` refuses `--canary` up
+/// front in such a build.)
+pub fn plant_canaries(canaries: &[Canary]) {
+    #[cfg(feature = "canaries")]
+    natter_canary::plant(canaries);
+    #[cfg(not(feature = "canaries"))]
+    assert!(canaries.is_empty(), "this build cannot plant {canaries:?}: natter-sim's `canaries` feature is off");
+}
+
 /// Runs one seed on the calling thread. For a reproducible run the thread must be fresh and
 /// its OS entropy seeded ([`crate::entropy::on_seeded_thread`], as [`run_seeded`] does):
 /// std's `HashMap` keys and `rand`'s thread RNG are drawn once per thread.
@@ -250,7 +194,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     // The wall clock measures the harness, never reaches the simulation (the OS clocks of a
     // simulation thread are virtual; this reads the kernel's).
     let wall_started = crate::clock::real_elapsed();
-    natter_raft::canary::plant(&config.canaries);
+    plant_canaries(&config.canaries);
     let plan = Arc::new(Plan::draw(seed, config));
     let shared = SharedState::default();
     let mut failure = None;
@@ -343,7 +287,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
                 if elapsed >= next_settle_check {
                     next_settle_check = elapsed + SETTLE_POLL;
                     let mut state = shared.lock();
-                    let settled = state.pending.is_empty() && check::caught_up(&state.history);
+                    let settled = state.pending.is_empty() && natter_check::caught_up(&state.history);
                     let waited = elapsed - heal_started;
                     if settled || waited > config.heal_bound {
                         heal = Some(HealPhase {
@@ -375,7 +319,7 @@ pub fn run(seed: u64, config: &RunConfig, nemesis: &mut dyn Nemesis) -> RunOutco
     let mut state = shared.lock();
     state.history.heal = heal;
     let history = &state.history;
-    let violations = if failure.is_some() && heal.is_none() { Vec::new() } else { check::check(history, true) };
+    let violations = if failure.is_some() && heal.is_none() { Vec::new() } else { natter_check::check(history, true) };
     let count = |wanted: fn(&SendOutcome) -> bool| history.sends.iter().filter(|send| wanted(&send.outcome)).count();
     let acknowledged = count(|outcome| matches!(outcome, SendOutcome::Acknowledged(_)));
     let refused = count(|outcome| matches!(outcome, SendOutcome::Refused(_)));

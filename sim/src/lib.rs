@@ -3,8 +3,9 @@
 //! network ([`net`]), turmoil's clock, every RNG from the run's seed, LMDB on tmpfs without
 //! fsync and with the inline writer ([`env`]).
 //!
-//! Today it holds the smoke run ([`smoke`]) that proves the seam; the nemesis, the history and
-//! the checkers arrive with the full simulator.
+//! Runs are judged by natter-check's checkers over the history the simulated clients record
+//! ([`harness`], [`workload`]); [`nemesis`] injects the faults, [`sweep`] runs many seeds, and
+//! [`smoke`] proves the seam.
 #![warn(missing_docs)]
 
 // Without this cfg tokio draws its internal RNG seed from a process-wide counter, so two runs
@@ -12,7 +13,6 @@
 #[cfg(not(tokio_unstable))]
 compile_error!("natter-sim must be built with RUSTFLAGS=\"--cfg tokio_unstable\" (see .cargo/config.toml)");
 
-pub mod check;
 pub mod clock;
 pub mod entropy;
 pub mod env;

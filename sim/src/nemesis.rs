@@ -1,6 +1,7 @@
-//! The nemesis: a fault schedule drawn from the seed and a scenario's fault mix
-//! ([`Schedule::draw`]), and [`ScheduledNemesis`], which applies it to a running
-//! [`turmoil::Sim`].
+//! The nemesis: the [`Nemesis`] trait the harness ticks (with [`NoFaults`] and
+//! [`CrashRestart`] for hand-made runs), a fault schedule drawn from the seed and a scenario's
+//! fault mix ([`Schedule::draw`]), and [`ScheduledNemesis`], which applies it to a running
+//! [`turmoil::Sim`]. The harness depends on this module, never the other way round.
 //!
 //! A schedule is a list of timed [`Action`]s, decided entirely before the run starts, so a
 //! seed's faults do not depend on what the cluster does and `natter-sim replay --trace` can
@@ -34,7 +35,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 pub use crate::env::node_name;
-use crate::harness::Nemesis;
 use crate::scenario::Scenario;
 
 /// Most fault intervals one schedule holds.
@@ -693,6 +693,76 @@ impl Drawer<'_> {
                 has_quorum(cluster.nodes, cluster.quorum(), &actions)
             }
         })
+    }
+}
+
+/// Injects faults into a running simulation. The harness calls [`Nemesis::tick`] before every
+/// simulation step of the workload phase, then [`Nemesis::heal`] once.
+pub trait Nemesis {
+    /// Applies whatever is due at `elapsed` (simulated time since the workload began). Node hosts
+    /// are named by [`node_name`] (`node1` … `nodeN`).
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration);
+    /// Ends every fault: repairs links, restores loss and latency, restarts crashed nodes.
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>);
+    /// The faults applied so far, in order; the run's trace (and so its hash) records each.
+    fn journal(&self) -> &[Timed] {
+        &[]
+    }
+}
+
+/// No faults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFaults;
+
+impl Nemesis for NoFaults {
+    fn tick(&mut self, _sim: &mut turmoil::Sim<'_>, _elapsed: Duration) {}
+    fn heal(&mut self, _sim: &mut turmoil::Sim<'_>) {}
+}
+
+/// Crashes node `node` at `at` and restarts it `down_for` later (or at heal, if that comes
+/// first). The crash is a process crash: the host's tasks vanish mid-flight, its LMDB keeps
+/// what was committed, and the restart runs `run_node` again on the same data directory.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashRestart {
+    /// When to crash it (simulated time since the run began).
+    pub at: Duration,
+    /// The node.
+    pub node: u64,
+    /// How long it stays down.
+    pub down_for: Duration,
+    crashed: bool,
+    restarted: bool,
+}
+
+impl CrashRestart {
+    /// Crashes `node` at `at` for `down_for`.
+    pub fn new(at: Duration, node: u64, down_for: Duration) -> Self {
+        Self { at, node, down_for, crashed: false, restarted: false }
+    }
+
+    /// True once the node was crashed and started again.
+    pub fn done(&self) -> bool {
+        self.crashed && self.restarted
+    }
+}
+
+impl Nemesis for CrashRestart {
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, elapsed: Duration) {
+        if !self.crashed && elapsed >= self.at {
+            sim.crash(node_name(self.node));
+            self.crashed = true;
+        }
+        if self.crashed && !self.restarted && elapsed >= self.at + self.down_for {
+            sim.bounce(node_name(self.node));
+            self.restarted = true;
+        }
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
+        if self.crashed && !self.restarted {
+            sim.bounce(node_name(self.node));
+            self.restarted = true;
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natter_raft::canary::Canary;
+use natter_canary::Canary;
 
 use crate::clock::real_elapsed;
 use crate::faults::SimFaults;

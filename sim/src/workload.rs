@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use natter_client::client::{Client, ClientConfig, ClientError, CursorState, Event, MemoryCursors};
+use natter_check::{History, Observer, ReadView, SendOutcome, SendRecord};
+use natter_client::{Client, ClientConfig, ClientError, CursorState, Event, MemoryCursors};
 use natter_proto::{ConversationId, DeviceId, UserId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::check::{History, Observer, ReadView, SendOutcome, SendRecord};
 use crate::env::{client_endpoints, node_name, PEER_PORT};
 use crate::harness::RunConfig;
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use natter_sim::harness::{run_seeded, CrashRestart, NoFaults, RunConfig, RunOutcome};
+use natter_sim::harness::{run_seeded, RunConfig, RunOutcome};
+use natter_sim::nemesis::{CrashRestart, NoFaults};
 
 fn report(name: &str, outcome: &RunOutcome) {
     println!(

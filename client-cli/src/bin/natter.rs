@@ -1,5 +1,5 @@
-//! `natter`: the natter command-line tool. All of it lives in [`natter_client::cli`].
+//! `natter`: the natter command-line tool. All of it lives in [`natter_cli::cli`].
 
 fn main() -> std::process::ExitCode {
-    natter_client::cli::main()
+    natter_cli::cli::main()
 }

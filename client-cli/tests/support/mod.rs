@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_client::client::ClientConfig;
+use natter_client::ClientConfig;
 use natter_node::config::{Config, NodeAddress};
 use natter_node::env::NodeEnv;
 use natter_proto::{DeviceId, UserId};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use natter_raft::canary::{self, Canary};
+use natter_canary::{self as canary, Canary};
 use natter_raft::placement::ShardId;
 use natter_raft::types::NodeId;
 use openraft::async_runtime::watch::WatchReceiver;

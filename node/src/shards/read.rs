@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use natter_raft::canary::{self, Canary};
+use natter_canary::{self as canary, Canary};
 use natter_raft::placement::ShardId;
 use natter_raft::query::{Query, QueryResult};
 use openraft::error::{LinearizableReadError, RaftError};

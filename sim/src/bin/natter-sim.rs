@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use natter_raft::canary::{self, Canary};
+use natter_canary::{Canary, UnknownCanary};
 use natter_sim::scenario::Scenario;
 use natter_sim::sweep::{self, SeedReport, JOBS_MAX, SEEDS_MAX};
 
@@ -38,7 +38,7 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
-        /// Plant a bug (simulation builds only); the run is expected to fail.
+        /// Plant a bug (a build with `--features canaries` only); the run is expected to fail.
         #[arg(long = "canary", value_parser = parse_canary)]
         canaries: Vec<Canary>,
     },
@@ -53,7 +53,7 @@ enum Command {
         /// Print the full event trace.
         #[arg(long)]
         trace: bool,
-        /// Plant a bug (simulation builds only).
+        /// Plant a bug (a build with `--features canaries` only).
         #[arg(long = "canary", value_parser = parse_canary)]
         canaries: Vec<Canary>,
     },
@@ -70,7 +70,7 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
 }
 
 fn parse_canary(text: &str) -> Result<Canary, String> {
-    text.parse().map_err(|error: canary::UnknownCanary| error.to_string())
+    text.parse().map_err(|error: UnknownCanary| error.to_string())
 }
 
 fn main() -> ExitCode {
@@ -92,8 +92,8 @@ fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
 }
 
 fn check_canaries(canaries: &[Canary]) -> anyhow::Result<()> {
-    if !canaries.is_empty() && !canary::plant(&[]) {
-        bail!("this build cannot plant canaries (natter-raft's `canaries` feature is off)");
+    if !canaries.is_empty() && !natter_canary::PLANTABLE {
+        bail!("this build cannot plant canaries: build natter-sim with `--features canaries`");
     }
     Ok(())
 }
@@ -205,5 +205,15 @@ mod tests {
         assert_eq!((seeds, jobs), (3..9, 2));
         assert_eq!(canaries, [Canary::DedupSkipped]);
         assert!(Cli::try_parse_from(["natter-sim", "run", "a.toml", "--canary", "nope"]).is_err());
+    }
+
+    #[test]
+    fn canaries_are_refused_by_a_build_that_cannot_plant_them() {
+        assert!(check_canaries(&[]).is_ok());
+        let checked = check_canaries(&[Canary::DedupSkipped]);
+        assert_eq!(checked.is_ok(), natter_canary::PLANTABLE);
+        if let Err(error) = checked {
+            assert!(error.to_string().contains("--features canaries"), "{error}");
+        }
     }
 }

@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use natter_canary::{self as canary, Canary};
 use natter_proto::codec::encode_frame;
 use natter_proto::frames::{ClientFrame, ConversationSummary, ServerFrame};
 use natter_proto::limits::{HISTORY_PAGE_MAX, MEMBERS_MAX, MEMBERS_MIN};
 use natter_proto::{ConversationId, ErrorCode, MessageRecord};
-use natter_raft::canary::{self, Canary};
 use natter_raft::command::{Command, CursorMove, Placed, Response};
 use natter_raft::query::{Query, QueryResult, CATCH_UP_PAGE_MAX};
 

@@ -1,5 +1,5 @@
-//! Histories and the checkers that judge them (DESIGN §8), shared by the simulator and the
-//! real-process chaos tests.
+//! natter-check: histories and the checkers that judge them (DESIGN §8), shared by the
+//! simulator (natter-sim) and the real-process chaos tests (natter-chaos).
 //!
 //! A history records what clients did and saw: every send with its outcome (acknowledged with
 //! a seq, refused with a code, or *unknown* when it timed out: never counted as a failure),
@@ -18,7 +18,11 @@
 //!    it was acknowledged or one of its messages was handed to a device, returns that message
 //!    or a later one: reads are linearizable, never served from a lagging replica.
 //!
-//! Each checker is proven by a planted bug in this module's tests.
+//! Each checker is proven by a planted bug in this crate's tests.
+//!
+//! **API boundary:** depends on natter-proto alone, so whatever records a history (simulated
+//! clients, real processes) can be judged without linking the simulator.
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

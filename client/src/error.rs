@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use natter_proto::{ErrorCode, FrameError};
 
-/// Why a [`Client`](super::Client) operation failed.
+/// Why a [`Client`](crate::Client) operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The configuration cannot work: no servers, a CA file without a certificate, a server

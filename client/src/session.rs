@@ -16,8 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
-use super::error::ClientError;
-use super::ALPN;
+use crate::error::ClientError;
+use crate::ALPN;
 
 /// Bytes read from the stream at a time.
 pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;

@@ -1,4 +1,6 @@
-//! The natter client: connect, resume, retry, dedup (DESIGN §4, §5).
+//! natter-client: the natter client library; connect, resume, retry, dedup (DESIGN §4, §5).
+//! The `natter` command line (natter-cli), the simulator's devices, the chaos tests and the
+//! load generator all use it.
 //!
 //! A [`Client`] holds one QUIC session to any node of a cluster and keeps it: a background
 //! task reconnects with jittered exponential backoff when the connection drops (trying the
@@ -19,7 +21,7 @@
 //!   [`Client::conversations`] (as of the last `welcome`).
 //!
 //! ```no_run
-//! use natter_client::client::{Client, ClientConfig, Event, FileCursors};
+//! use natter_client::{Client, ClientConfig, Event, FileCursors};
 //! use natter_proto::{DeviceId, UserId};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +43,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! **API boundary:** speaks only natter-proto's frames; it depends on neither natter-node nor
+//! natter-raft, so an application links the protocol and QUIC, not the server. (natter-cli's
+//! tests check that [`ALPN`] is the node's.)
+#![warn(missing_docs)]
 
 pub mod cursors;
 pub mod error;
@@ -52,13 +59,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use natter_canary::Canary;
 use natter_proto::codec::{encode_frame, FrameDecoder};
 use natter_proto::limits::OUTSTANDING_SENDS_MAX;
 use natter_proto::{
     ActivityStatus, ClientFrame, ConversationId, ConversationSummary, DeviceId, ErrorCode, MessageRecord,
     PresencePrivacy, PresenceStatus, UserId,
 };
-use natter_raft::canary::{self, Canary};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -542,7 +549,7 @@ impl Client {
             let mut state = self.shared.lock();
             let cursor = state.handed.entry(message.conversation).or_insert(0);
             assert!(
-                message.seq > *cursor || canary::active(Canary::CursorBackwards),
+                message.seq > *cursor || natter_canary::active(Canary::CursorBackwards),
                 "a cursor never moves back: {} after {}",
                 message.seq,
                 *cursor
@@ -989,11 +996,6 @@ mod tests {
 
     fn config() -> ClientConfig {
         ClientConfig::new(vec!["127.0.0.1:1".parse().unwrap()], Vec::new(), "t", DeviceId::new("d").unwrap())
-    }
-
-    #[test]
-    fn the_alpn_is_the_nodes() {
-        assert_eq!(ALPN, natter_node::tls::CLIENT_ALPN);
     }
 
     #[test]

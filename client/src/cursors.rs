@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use natter_proto::ConversationId;
 use serde::{Deserialize, Serialize};
 
-use super::error::ClientError;
+use crate::error::ClientError;
 
 /// Version of the cursor file format written by [`FileCursors`].
 pub const CURSOR_FILE_VERSION: u32 = 1;

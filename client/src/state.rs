@@ -16,14 +16,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use natter_canary::Canary;
 use natter_proto::limits::{HISTORY_PAGE_MAX, OUTSTANDING_SENDS_MAX};
 use natter_proto::{
     ClientFrame, ConversationId, ConversationSummary, ErrorCode, MessageRecord, PresencePrivacy, ServerFrame, UserId,
 };
-use natter_raft::canary::{self, Canary};
 
-use super::error::ClientError;
-use super::{ConversationInfo, Event, SendOk};
+use crate::error::ClientError;
+use crate::{ConversationInfo, Event, SendOk};
 
 /// Most out-of-order messages kept while the gap before them is filled; beyond it they are
 /// dropped and fetched again.
@@ -188,7 +188,7 @@ impl Core {
     /// [`ClientError::Interrupted`], because resending it could create a second group.
     pub(crate) fn handle_disconnected(&mut self) {
         self.connected = false;
-        if canary::active(Canary::CursorBackwards) {
+        if natter_canary::active(Canary::CursorBackwards) {
             // The planted bug: every cursor slips back one seq, so the next hello asks for a
             // message again and it is handed over twice.
             for cursor in self.queued.values_mut() {
