@@ -246,7 +246,7 @@ impl MessagesReport {
 
     /// One line for the console.
     pub fn line(&self) -> String {
-        let ms = crate::report::milliseconds;
+        let ms = crate::histogram::milliseconds;
         let mut line = format!(
             "senders={:<4} committed={:<7} {:>8.0} msgs/s  ack p50={:.3} p99={:.3} ms  delivery p50={:.3} p99={:.3} ms  \
              delivered={} undelivered={} errors={} ({:.2} s)",

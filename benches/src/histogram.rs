@@ -66,6 +66,11 @@ impl LatencyHistogram {
     }
 }
 
+/// A duration in milliseconds, for printing.
+pub fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::clients::{IdleSample, MessagesReport};
+pub use crate::histogram::milliseconds;
 use crate::histogram::LatencyHistogram;
 use crate::websockets::FanoutReport;
 
@@ -59,11 +60,6 @@ impl RunReport {
         }
         line
     }
-}
-
-/// A duration in milliseconds, for printing.
-pub fn milliseconds(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
 }
 
 /// A Markdown table of every run.

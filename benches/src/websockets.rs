@@ -242,7 +242,7 @@ impl FanoutReport {
 
     /// The one-line summary.
     pub fn line(&self) -> String {
-        let ms = crate::report::milliseconds;
+        let ms = crate::histogram::milliseconds;
         format!(
             "ws-fanout: {} members on {} nodes, window {}: {} messages ({} sends rate-limited), {:.0} msgs/s committed, \
              {:.0} deliveries/s, send→delivery p50={:.3} p99={:.3} ms, {}",

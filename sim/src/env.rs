@@ -21,9 +21,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::faults::{NodeFaults, SimFaults, SkewedClock};
 use crate::net::TurmoilUdp;
-
-/// Simulated wall time starts here (2025-11-28T00:00:00Z) so timestamps look real.
-pub const SIM_EPOCH_MS: u64 = 1_764_288_000_000;
+pub use crate::topology::{node_name, PEER_PORT, SIM_EPOCH_MS};
 
 /// turmoil's clock: tokio's paused clock for monotonic time, the simulation's elapsed time for
 /// wall time.
@@ -112,14 +110,6 @@ pub fn sim_env_with_faults(seed: u64, data_dir: PathBuf, faults: Option<Arc<Node
         http: false,
         storage_faults,
     }
-}
-
-/// Port every simulated node listens on, for peers and clients alike.
-pub const PEER_PORT: u16 = 7401;
-
-/// The turmoil host name of node `id`.
-pub fn node_name(id: u64) -> String {
-    format!("node{id}")
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);

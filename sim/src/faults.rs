@@ -29,8 +29,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::env::SIM_EPOCH_MS;
 use crate::nemesis::{FaultHooks, StorageFault};
+use crate::topology::SIM_EPOCH_MS;
 
 /// One node's injected faults: its clock rate and its storage fault, if any.
 #[derive(Debug)]
@@ -261,7 +261,7 @@ mod tests {
         let mut sim = turmoil::Builder::new().simulation_duration(Duration::from_secs(60)).build();
         for node in [1u64, 2] {
             let (faults, fired_at) = (faults.clone(), fired_at.clone());
-            sim.client(crate::env::node_name(node), async move {
+            sim.client(crate::topology::node_name(node), async move {
                 let skew = tokio::spawn(async move {
                     drive_monotonic_skew(faults, node).await;
                 });

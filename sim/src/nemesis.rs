@@ -34,8 +34,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-pub use crate::env::node_name;
 use crate::scenario::Scenario;
+pub use crate::topology::node_name;
 
 /// Most fault intervals one schedule holds.
 pub const FAULTS_MAX: usize = 1024;

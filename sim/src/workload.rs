@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::env::{client_endpoints, node_name, PEER_PORT};
-use crate::harness::RunConfig;
+use crate::run_config::RunConfig;
 
 /// How long a token handed to a simulated device stays valid, seconds (far beyond any run).
 const TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;

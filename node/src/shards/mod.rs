@@ -10,6 +10,7 @@ mod network;
 mod peer;
 mod propose;
 mod read;
+mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
