@@ -8,14 +8,13 @@
 //! Needs Node.js, Debian's `chromium` (or `CHROMIUM=/path`) and the script's package:
 //! `npm ci --prefix node/tests/browser`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use natter_node::rate::RateLimits;
 use natter_raft::types::Runtime;
-use support::token;
+use support::{run_with_timeout, token, Outcome};
 
 mod support;
 
@@ -30,47 +29,6 @@ fn browser_dir() -> PathBuf {
 /// `<target>/browser-artifacts`, beside cargo's per-test scratch directory.
 fn artifact_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target directory").join("browser-artifacts")
-}
-
-struct Outcome {
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `command` to the end or for `timeout` at most (then kills it), collecting its output.
-/// It blocks, so it runs on tokio's blocking pool while the node keeps serving.
-fn run_with_timeout(mut command: Command, timeout: Duration) -> Outcome {
-    let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("could not start {command:?}: {error} (is Node.js installed?)"));
-    // Read both pipes as the child writes them, so a full pipe never stalls it.
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Outcome { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), elapsed: started.elapsed() }
 }
 
 #[test]

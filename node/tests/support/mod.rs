@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use natter_node::config::{Config, NodeAddress};
@@ -206,4 +207,47 @@ pub async fn start_in_process(count: u64, http: bool, rate_limits: natter_node::
         }
     }
     InProcess { dir, handles }
+}
+
+/// How a child process ended: its status (`None` when it was killed at the timeout), its
+/// output and how long it ran.
+pub struct Outcome {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `command` to the end or for `timeout` at most (then kills it), collecting its output.
+/// It blocks: an async test runs it on tokio's blocking pool.
+pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("could not start {command:?}: {error} (is Node.js installed?)"));
+    // Read both pipes as the child writes them, so a full pipe never stalls it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Outcome { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), elapsed: started.elapsed() }
 }
