@@ -70,7 +70,13 @@ pub fn apply_with_effects(
         Command::AddMembers { conversation, by, members } => machine.add_members(txn, conversation, by, members),
         Command::RemoveMembers { conversation, by, members } => machine.remove_members(txn, conversation, by, members),
         Command::Append { conversation, sender, device, client_seq, ts, body } => {
-            machine.append(txn, conversation, sender, device, *client_seq, *ts, body)
+            let placed = machine.place(txn, conversation, sender, device, *client_seq, *ts, body)?;
+            Ok(placed.map(|Placed { conversation, seq, ts, duplicate }| Response::Appended {
+                conversation,
+                seq,
+                ts,
+                duplicate,
+            }))
         }
         Command::AppendMany { conversation, sender, device, ts, messages } => {
             machine.append_many(txn, conversation, sender, device, *ts, messages)
@@ -322,26 +328,6 @@ impl Machine<'_> {
         }
         put(&self.tables.conversations, txn, self.key().conversation(conversation).as_bytes(), &row)?;
         Ok(Ok(Response::Conversation { conversation: self.view(txn, conversation)?.expect("exists"), created: false }))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        &mut self,
-        txn: &mut RwTxn<'_>,
-        conversation: &ConversationId,
-        sender: &UserId,
-        device: &DeviceId,
-        client_seq: u64,
-        ts: u64,
-        body: &str,
-    ) -> Outcome {
-        let placed = self.place(txn, conversation, sender, device, client_seq, ts, body)?;
-        Ok(placed.map(|Placed { conversation, seq, ts, duplicate }| Response::Appended {
-            conversation,
-            seq,
-            ts,
-            duplicate,
-        }))
     }
 
     /// Appends one message, or answers a resend with its original place.
